@@ -1,0 +1,138 @@
+"""Decoders on real encoded files: decord / PyAV parity, old AVI codecs, broken files, fallback."""
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import CODECS, frame_numbers
+from vidkd.data.decoders import DecordReader, PyAVReader, open_video, read_clip
+from vidkd.errors import DecodeError
+
+INDICES = [0, 1, 5, 17, 30, 47]
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_backends_agree_on_the_same_indices(video_factory, codec):
+    path = video_factory(codec=codec)
+    decord_frames = DecordReader(path).get_frames(INDICES)
+    pyav_frames = PyAVReader(path).get_frames(INDICES)
+    assert decord_frames.shape == pyav_frames.shape == (len(INDICES), 72, 128, 3)
+    assert decord_frames.dtype == torch.uint8
+    assert torch.equal(decord_frames, pyav_frames)
+    assert frame_numbers(pyav_frames) == INDICES
+
+
+def test_out_of_order_and_repeated_indices(video_factory):
+    path = video_factory()
+    for reader in (DecordReader(path), PyAVReader(path)):
+        assert frame_numbers(reader.get_frames([30, 2, 2, 47])) == [30, 2, 2, 47]
+        assert reader.num_frames == 48 and reader.fps == 25.0
+
+
+def test_reported_count_larger_than_what_decodes(video_factory):
+    """Indices past the last decodable frame get the last decodable frame, on both backends alike."""
+    path = video_factory()
+    for reader in (DecordReader(path), PyAVReader(path)):
+        frames = reader.get_frames([44, 47, 48, 60])
+        assert frames.shape[0] == 4
+        assert frame_numbers(frames) == [44, 47, 47, 47]
+
+
+def test_truncated_avi_stays_inside_decodable_frames(video_factory, tmp_path):
+    """An AVI cut short (its header still promises every frame): both backends return the full clip
+    shape, and no frame that does not decode."""
+    full = video_factory(codec="mjpeg", num_frames=48)
+    cut = tmp_path / "cut.avi"
+    data = open(full, "rb").read()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    shapes = []
+    for backend in ("decord", "pyav"):
+        clip = read_clip(str(cut), lambda n, fps: np.linspace(0, n - 1, 8).astype(int), backend)
+        shapes.append(tuple(clip.shape))
+        numbers = frame_numbers(clip)
+        assert numbers == sorted(numbers) and max(numbers) < 48
+    assert shapes[0] == shapes[1] == (8, 72, 128, 3)
+
+
+@pytest.mark.parametrize("content,reason", [(b"", "zero-length"), (b"\x00garbage" * 100, "cannot decode")])
+def test_broken_files_raise_decode_error_naming_the_file(tmp_path, content, reason):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(DecodeError, match=reason) as err:
+        read_clip(str(path), lambda n, fps: [0])
+    assert str(path) in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DecodeError, match="file not found"):
+        open_video(str(tmp_path / "nope.avi"))
+
+
+def test_truncated_mp4_is_refused(video_factory, tmp_path):
+    """PyAV writes the mp4 index at the end: cut the file and no backend can open it."""
+    data = open(video_factory(), "rb").read()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DecodeError, match="decord: .*pyav: "):
+        read_clip(str(cut), lambda n, fps: [0])
+
+
+def test_damaged_h264_slices_still_give_the_clip(video_factory, tmp_path):
+    """Bytes overwritten inside the coded frames: the decoders conceal the damage; the clip comes back
+    whole, with the right frames where they decode."""
+    path = video_factory(num_frames=48, gop=48, noise=8)
+    data = bytearray(open(path, "rb").read())
+    mdat = data.find(b"mdat")
+    size = int.from_bytes(data[mdat - 4 : mdat], "big")
+    rng = np.random.default_rng(0)
+    for pos in rng.integers(mdat + size // 2, mdat + size - 8, 40):  # inside the later P-frames
+        data[pos] = rng.integers(256)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    for backend in ("decord", "pyav"):
+        clip = read_clip(str(damaged), lambda n, fps: [0, 20, 40], backend)
+        assert clip.shape == (3, 72, 128, 3)
+        assert frame_numbers(clip)[0] == 0
+
+
+def test_fallback_when_decord_returns_garbled_frames(video_factory):
+    """decord 0.6.0 returns 4 garbled channels for cinepak at 96x72; the clip comes from PyAV instead."""
+    path = video_factory(codec="cinepak", width=96)
+    with pytest.raises(DecodeError, match="shape"):
+        DecordReader(path).get_frames([0, 10])
+    clip = read_clip(path, lambda n, fps: [0, 10], "decord")
+    assert torch.equal(clip, PyAVReader(path).get_frames([0, 10]))
+    assert frame_numbers(clip) == [0, 10]
+
+
+def test_fallback_to_pyav_when_decord_cannot_open(tmp_path):
+    """decord's bundled FFmpeg has no AV1 decoder; PyAV's has: the clip is read through the fallback."""
+    path = tmp_path / "av1.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libsvtav1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(20):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8))))
+        container.mux(stream.encode())
+    with pytest.raises(Exception):
+        DecordReader(str(path))
+    reader = open_video(str(path), "decord")
+    assert isinstance(reader, PyAVReader)
+    clip = read_clip(str(path), lambda n, fps: [0, 10, 19], "decord")
+    assert [round(float(f.float().mean()) / 10) for f in clip] == [0, 10, 19]
+
+
+def test_mpeg_ts_without_seekable_index(tmp_path):
+    """An MPEG-TS (timestamps not starting at zero, seeking unreliable) is still read frame-exactly."""
+    path = tmp_path / "v.ts"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(30):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8))))
+        container.mux(stream.encode())
+    clip = read_clip(str(path), lambda n, fps: [3, 10, 29])
+    assert [round(float(f.float().mean()) / 8) for f in clip] == [3, 10, 29]
+    assert os.path.getsize(path) > 0

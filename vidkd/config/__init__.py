@@ -1,0 +1,122 @@
+"""Config loading: defaults (defaults.py) <- yaml file(s) <- command-line `KEY VALUE` pairs.
+
+Every value is checked before anything runs: an unknown key, a wrong type or a value outside the allowed
+choices raises ConfigError naming the key and where it came from (file and line, or the command line).
+A yaml may inherit from another with `_BASE_: relative/path.yaml`.
+"""
+import os
+
+import yaml
+from fvcore.common.config import CfgNode
+
+from vidkd.config.defaults import CHOICES, get_defaults
+from vidkd.errors import ConfigError
+
+BASE_KEY = "_BASE_"
+
+
+def load_config(path=None, overrides=()):
+    """Return the frozen config: defaults, then the yaml at `path` (if any), then `overrides`
+    (a flat list `[KEY, VALUE, KEY, VALUE, ...]`, values in yaml syntax)."""
+    cfg, origins = get_defaults(), {}
+    if path:
+        _merge_file(cfg, path, (), origins)
+    if len(overrides) % 2:
+        raise ConfigError(f"command line: overrides must be KEY VALUE pairs, got an odd count: {list(overrides)}")
+    for key, text in zip(overrides[0::2], overrides[1::2]):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        _set(cfg, key, value, "command line", origins)
+    _check_choices(cfg, origins)
+    cfg.freeze()
+    return cfg
+
+
+def _merge_file(cfg, path, seen, origins):
+    if path in seen:
+        raise ConfigError(f"{path}: {BASE_KEY} chain loops back to itself")
+    try:
+        with open(path) as f:
+            text = f.read()
+        node = yaml.compose(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid yaml: {e}")
+    if node is None:
+        return
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: the top level must be a mapping of keys")
+    data = yaml.safe_load(text)
+    if BASE_KEY in data:
+        base = os.path.join(os.path.dirname(path), data.pop(BASE_KEY))
+        _merge_file(cfg, base, seen + (path,), origins)
+    for key, value, line in _flatten(data, node):
+        if key != BASE_KEY:
+            _set(cfg, key, value, f"{path}:{line}", origins)
+
+
+def _flatten(data, node, prefix=""):
+    """Yield (dotted key, value, 1-based line) for the leaves of a yaml mapping."""
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    children = {k.value: v for k, v in node.value}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and isinstance(children.get(str(key)), yaml.MappingNode):
+            yield from _flatten(value, children[str(key)], dotted + ".")
+        else:
+            yield dotted, value, lines.get(str(key), "?")
+
+
+def _set(cfg, dotted, value, where, origins):
+    node, parts = cfg, str(dotted).split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, CfgNode) or part not in node:
+            raise ConfigError(f"{where}: unknown config key {dotted!r}" + _did_you_mean(cfg, parts[: i + 1]))
+        if i < len(parts) - 1:
+            node = node[part]
+    default = node[parts[-1]]
+    if isinstance(default, CfgNode):
+        raise ConfigError(f"{where}: {dotted!r} is a group of keys, not a value")
+    node[parts[-1]] = _coerce(value, default, dotted, where)
+    origins[dotted] = where
+
+
+def _coerce(value, default, key, where):
+    """Accept the default's type; int for float; list for tuple and back. Anything else is an error."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        if default and value:
+            value = [_coerce(v, default[0], key, where) for v in value]
+        return type(default)(value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(
+            f"{where}: config key {key!r} expects {type(default).__name__} (default {default!r}), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _did_you_mean(cfg, parts):
+    node = cfg
+    for part in parts[:-1]:
+        node = node[part]
+    close = [k for k in node if k.lower().startswith(parts[-1].lower()[:3])]
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _check_choices(cfg, origins):
+    for dotted, allowed in CHOICES.items():
+        node = cfg
+        for part in dotted.split("."):
+            node = node[part]
+        if node not in allowed:
+            where = origins.get(dotted, "defaults")
+            raise ConfigError(f"{where}: config key {dotted!r} must be one of {list(allowed)}, got {node!r}")

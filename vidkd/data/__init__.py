@@ -1,0 +1,1 @@
+"""Video data: decoders, frame sampling, transforms, datasets and the loader."""

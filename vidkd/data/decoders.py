@@ -1,0 +1,175 @@
+"""One interface over the video decoders: decord (default), PyAV, and folders of JPEG frames.
+
+A reader gives `num_frames`, `fps` and `get_frames(indices) -> uint8 tensor [T, H, W, 3]`, decoding frames by
+index (seek to the nearest keyframe, decode forward to the last wanted frame), never the whole video.
+
+Containers often report more frames than really decode (a truncated file, an AVI whose header disagrees
+with its index, a last frame that one backend drops). Both readers therefore return exactly one frame per
+requested index: an index past the last frame that really decodes gets that last frame, so sampling stays
+inside the frames that decode and both backends give the same clip shape. A file that decodes no frame at
+all raises DecodeError.
+"""
+import bisect
+import os
+
+import numpy as np
+import torch
+
+from vidkd.errors import DecodeError, DecodeTimeout
+
+BACKENDS = ("decord", "pyav")
+
+
+class DecordReader:
+    def __init__(self, path, threads=1):
+        import decord
+
+        self.path = path
+        self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
+        self.num_frames = len(self._vr)
+        self.fps = float(self._vr.get_avg_fps())
+
+    def get_frames(self, indices):
+        indices = [int(i) for i in indices]
+        try:
+            frames = self._vr.get_batch(indices).asnumpy()
+        except Exception:  # decord raises its own error type for frames it cannot decode: go one by one
+            frames = _fill_from_decodable(self.path, indices, self._one)
+        if frames.shape[-1] != 3:  # seen: cinepak at 96x72 comes back as 4 garbled channels
+            raise DecodeError(self.path, f"decord returned frames of shape {frames.shape[1:]}")
+        return torch.from_numpy(frames)
+
+    def _one(self, i):
+        try:
+            return self._vr[i].asnumpy()
+        except Exception:  # decord's DECORDError and IndexError past the end
+            return None
+
+
+class PyAVReader:
+    """PyAV reader. The frame index is built from the demuxed packets (no decoding): frame i is the i-th
+    presentation timestamp, as decord counts them."""
+
+    def __init__(self, path, threads=1):
+        self.path, self._threads = path, threads
+        self._open()
+        pts = [p.pts for p in self._container.demux(self._stream) if p.size > 0]
+        self._pts = sorted(pts) if None not in pts else None  # None: the container has no timestamps
+        self.num_frames = len(pts)
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+
+    def _open(self):
+        import av
+
+        self._container = av.open(self.path)
+        if not self._container.streams.video:
+            raise DecodeError(self.path, "no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_count = self._threads
+
+    def get_frames(self, indices):
+        indices = [int(i) for i in indices]
+        if self._pts is None:
+            decoded = self._decode_sequential(max(indices))
+        else:
+            decoded = self._decode_seek(sorted(set(indices)))
+        return torch.from_numpy(_fill_from_decodable(self.path, indices, decoded.get))
+
+    def _decode_seek(self, wanted):
+        """Seek to the keyframe before the first wanted frame, decode forward to the last one."""
+        targets = {self._pts[i]: i for i in wanted if i < len(self._pts)}
+        if not targets:
+            return {}
+        first, last = min(targets), max(targets)
+        self._container.seek(first, stream=self._stream, backward=True, any_frame=False)
+        out = {}
+        for frame in self._container.decode(self._stream):
+            if frame.pts is None:
+                continue
+            if not out and frame.pts > first:  # the seek overshot: start again from the beginning
+                return self._decode_sequential(max(wanted))
+            if frame.pts in targets:
+                out[targets[frame.pts]] = frame.to_ndarray(format="rgb24")
+            if frame.pts >= last:
+                break
+        return out or self._decode_sequential(max(wanted))  # nothing after the seek: some containers (MPEG-TS)
+
+    def _decode_sequential(self, last):
+        """Decode from the first frame, counting frames (containers without timestamps or that seek badly)."""
+        self._open()
+        out = {}
+        for i, frame in enumerate(self._container.decode(self._stream)):
+            out[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+        return out
+
+
+class FrameFolderReader:
+    """A folder of JPEG frames `template.format(i + first)` (EPIC-KITCHENS `rgb_frames`, 1-based)."""
+
+    def __init__(self, path, template, first=1):
+        from torchvision.io import decode_jpeg, read_file
+
+        self.path, self._template, self._first = path, template, first
+        self._read = lambda p: decode_jpeg(read_file(p)).permute(1, 2, 0).numpy()
+        names = os.listdir(path) if os.path.isdir(path) else []
+        self.num_frames = sum(n.endswith(".jpg") for n in names)
+        self.fps = 0.0
+        if not self.num_frames:
+            raise DecodeError(path, "no frame folder or no .jpg frames in it")
+
+    def get_frames(self, indices):
+        return torch.from_numpy(_fill_from_decodable(self.path, [int(i) for i in indices], self._one))
+
+    def _one(self, i):
+        try:
+            return self._read(os.path.join(self.path, self._template.format(i + self._first)))
+        except (RuntimeError, OSError):
+            return None
+
+
+def _fill_from_decodable(path, indices, get):
+    """Stack frames for `indices`; an index with no frame takes the nearest decodable frame before it
+    (or, for the first, after it)."""
+    got = {i: get(i) for i in sorted(set(indices))}
+    ok = sorted(i for i, f in got.items() if f is not None)
+    if not ok:
+        raise DecodeError(path, f"none of frames {min(indices)}..{max(indices)} decodes")
+    out = []
+    for i in indices:
+        if got[i] is None:
+            i = ok[max(bisect.bisect_right(ok, i) - 1, 0)]
+        out.append(got[i])
+    return np.stack(out)
+
+
+def _with_fallback(path, backend, threads, use):
+    """`use(reader)` with `backend`; any failure (open or decode) is retried with the other backend."""
+    if not os.path.isfile(path):
+        raise DecodeError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(path, "zero-length file")
+    errors = []
+    for name in (backend,) + tuple(b for b in BACKENDS if b != backend):
+        try:
+            reader = (DecordReader if name == "decord" else PyAVReader)(path, threads)
+            if reader.num_frames == 0:
+                raise DecodeError(path, "no frames")
+            return use(reader)
+        except DecodeTimeout:
+            raise
+        except Exception as e:  # each library raises its own error types for a broken file
+            errors.append(f"{name}: " + str(e).removeprefix(f"{path}: ").split("\n")[0])
+    raise DecodeError(path, "cannot decode (" + "; ".join(errors) + ")")
+
+
+def open_video(path, backend="decord", threads=1):
+    """A reader for `path`: `backend` if it opens the file, else the other one."""
+    return _with_fallback(path, backend, threads, lambda reader: reader)
+
+
+def read_clip(path, indices_for, backend="decord", threads=1):
+    """Decode one clip: `indices_for(num_frames, fps)` gives the frame indices to read."""
+    return _with_fallback(path, backend, threads, lambda r: r.get_frames(indices_for(r.num_frames, r.fps)))

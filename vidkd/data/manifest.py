@@ -1,0 +1,75 @@
+"""The manifest: the one file format between `data_prep/` (official layouts) and the training loader.
+
+A manifest is a JSON file for one split of one dataset:
+
+    {"dataset": "hmdb51", "split": "train", "root": "/abs/dataset/root",
+     "label_sets": {"label": ["brush_hair", "cartwheel", ...]},        # or {"verb": [...], "noun": [...]}
+     "samples": [{"id": "...", "path": "brush_hair/x.avi", "targets": {"label": 0},
+                  "start_frame": 0, "stop_frame": -1, "fps": 0.0, "frames": false}, ...]}
+
+`path` is relative to `root` (or absolute). `start_frame` / `stop_frame` are 0-based and inclusive;
+`stop_frame = -1` means "to the last frame that decodes". `fps` is the annotation's frame rate (0: read it
+from the container). `frames = true` means `path` is a folder of JPEG frames named by `frame_template`.
+"""
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from vidkd.errors import AnnotationError
+
+FRAME_TEMPLATE = "frame_{:010d}.jpg"  # EPIC-KITCHENS `rgb_frames/<video>/frame_0000000001.jpg` (1-based)
+
+
+@dataclass
+class VideoRecord:
+    """One sample: a video (or a segment of one) and its integer targets, one per label set."""
+
+    id: str
+    path: str
+    targets: dict
+    start_frame: int = 0
+    stop_frame: int = -1
+    fps: float = 0.0
+    frames: bool = False
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    split: str
+    root: str
+    label_sets: dict
+    samples: list = field(default_factory=list)
+    frame_template: str = FRAME_TEMPLATE
+
+    def abspath(self, record):
+        return record.path if os.path.isabs(record.path) else os.path.join(self.root, record.path)
+
+    def save(self, path):
+        """Write atomically (temporary name, then rename) so an interrupted write leaves no half file."""
+        data = asdict(self)
+        tmp = f"{path}.tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=0)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise AnnotationError(path, 0, "manifest not found (run the data_prep script for this dataset)")
+        except json.JSONDecodeError as e:
+            raise AnnotationError(path, e.lineno, f"not a valid manifest: {e.msg}")
+        try:
+            samples = [VideoRecord(**s) for s in data.pop("samples")]
+            manifest = cls(**data, samples=samples)
+        except (TypeError, KeyError) as e:
+            raise AnnotationError(path, 0, f"not a vidkd manifest: {e}")
+        for i, rec in enumerate(manifest.samples):
+            for head, y in rec.targets.items():
+                if head not in manifest.label_sets or not 0 <= y < len(manifest.label_sets[head]):
+                    raise AnnotationError(path, 0, f"sample {i} ({rec.id}): target {head}={y} is out of range")
+        return manifest

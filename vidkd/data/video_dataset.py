@@ -1,0 +1,116 @@
+"""The video dataset over a manifest: decode a clip, sample its frames, transform it.
+
+Training: one item per video, one random clip (frames, crop and flip drawn from `(seed, epoch, index)`, so
+an item is the same whichever worker makes it). Testing: `n_clips x n_crops` items per video, each with
+its view index. A video that cannot be decoded is reported in the item's `failures` (path, message); in
+training another sample is drawn in its place, in testing the item comes back with `valid = False` so the evaluator can
+leave it out rather than score a different video.
+"""
+import signal
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from vidkd.data.decoders import FrameFolderReader, read_clip
+from vidkd.data.sampling import test_indices, train_indices
+from vidkd.errors import DataError, DecodeError, DecodeTimeout
+
+
+class VideoDataset(Dataset):
+    def __init__(self, manifest, spec, transform, train, n_clips=1, n_crops=1, decoder="decord",
+                 threads=1, seed=0, max_retries=10, timeout=0.0):
+        self.manifest, self.spec, self.transform, self.train = manifest, spec, transform, train
+        self.n_clips, self.n_crops = (1, 1) if train else (n_clips, n_crops)
+        self.decoder, self.threads, self.seed = decoder, threads, seed
+        self.max_retries, self.timeout = max_retries, timeout
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.manifest.samples) * self.n_clips * self.n_crops
+
+    def __getitem__(self, i):
+        return self._train_item(i) if self.train else self._test_item(i)
+
+    def _train_item(self, i):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        failures, j = [], i
+        for _ in range(self.max_retries + 1):
+            try:
+                frames = self._decode(j, lambda lo, hi, fps: train_indices(self.spec, lo, hi, fps, rng))
+                break
+            except DecodeError as e:
+                failures.append((e.path, str(e)))
+                j = int(rng.integers(len(self.manifest.samples)))
+        else:
+            listing = "\n".join(message for _, message in failures)
+            raise DataError(f"{self.max_retries + 1} videos in a row failed to decode:\n{listing}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            video = self.transform(frames)
+        return self._item(j, 0, video, True, failures)
+
+    def _test_item(self, i):
+        j, view = divmod(i, self.n_clips * self.n_crops)
+        clip, crop = divmod(view, self.n_crops)
+        try:
+            frames = self._decode(j, lambda lo, hi, fps: test_indices(self.spec, lo, hi, fps, self.n_clips, clip))
+            return self._item(j, view, self.transform(frames, crop, self.n_crops), True, [])
+        except DecodeError as e:
+            size = self.transform.crop_size
+            video = torch.zeros(3, self.spec.num_frames, size, size)
+            return self._item(j, view, video, False, [(e.path, str(e))])
+
+    def _item(self, j, view, video, valid, failures):
+        targets = self.manifest.samples[j].targets
+        return {"video": video, "targets": dict(targets), "index": j, "view": view, "valid": valid,
+                "failures": failures}
+
+    def _decode(self, j, indices_in):
+        """Frames of sample j; `indices_in(lo, hi, fps)` picks indices inside the sample's frame range."""
+        rec = self.manifest.samples[j]
+        path = self.manifest.abspath(rec)
+
+        def indices_for(num_frames, fps):
+            hi = num_frames if rec.stop_frame < 0 else min(rec.stop_frame + 1, num_frames)
+            if rec.start_frame >= hi:
+                raise DecodeError(path, f"segment starts at frame {rec.start_frame} but {num_frames} frames decode")
+            return indices_in(rec.start_frame, hi, rec.fps or fps)
+
+        with time_limit(self.timeout, path):
+            if rec.frames:
+                reader = FrameFolderReader(path, self.manifest.frame_template)
+                return reader.get_frames(indices_for(reader.num_frames, rec.fps))
+            return read_clip(path, indices_for, self.decoder, self.threads)
+
+
+@contextmanager
+def time_limit(seconds, path):
+    """Abandon decoding after `seconds` (SIGALRM; only in a process's main thread, as loader workers are)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise DecodeTimeout(path, f"decoding took longer than {seconds} s (DATA.DECODE_TIMEOUT)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def collate(batch):
+    """default_collate, with the items' failure lists joined into one list."""
+    failures = [f for item in batch for f in item.pop("failures")]
+    out = default_collate(batch)
+    out["failures"] = failures
+    return out
