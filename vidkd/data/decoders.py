@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import torch
+from PIL import Image
 
 from vidkd.errors import DecodeError, DecodeTimeout
 
@@ -110,10 +111,7 @@ class FrameFolderReader:
     """A folder of JPEG frames `template.format(i + first)` (EPIC-KITCHENS `rgb_frames`, 1-based)."""
 
     def __init__(self, path, template, first=1):
-        from torchvision.io import decode_jpeg, read_file
-
         self.path, self._template, self._first = path, template, first
-        self._read = lambda p: decode_jpeg(read_file(p)).permute(1, 2, 0).numpy()
         names = os.listdir(path) if os.path.isdir(path) else []
         self.num_frames = sum(n.endswith(".jpg") for n in names)
         self.fps = 0.0
@@ -125,8 +123,9 @@ class FrameFolderReader:
 
     def _one(self, i):
         try:
-            return self._read(os.path.join(self.path, self._template.format(i + self._first)))
-        except (RuntimeError, OSError):
+            with Image.open(os.path.join(self.path, self._template.format(i + self._first))) as image:
+                return np.asarray(image.convert("RGB"))
+        except OSError:  # missing or broken JPEG (PIL's UnidentifiedImageError is an OSError)
             return None
 
 

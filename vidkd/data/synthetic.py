@@ -131,8 +131,10 @@ def write_video(path, frames_uint8, fps):
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.thread_count = 1  # single-threaded x264 is bit-exact from run to run
-        stream.options = {"g": "16", "preset": "veryfast", "crf": "20"}
+        # Bit-exact output: one thread, and no macroblock-tree rate control (its SIMD code reads uninitialised
+        # memory on small frames, so the bytes would depend on what the process encoded before).
+        stream.codec_context.thread_count = 1
+        stream.options = {"g": "16", "preset": "veryfast", "crf": "20", "x264-params": "mbtree=0"}
         for frame in frames_uint8:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

@@ -51,7 +51,7 @@ def parse_kinetics_csv(csv_path, videos_dir, classes=None, index=None):
         samples.append(VideoRecord(id=os.path.splitext(name)[0], path=index[name], targets={"label": label}))
     split_values = {row["split"] for _, row in rows}
     split = split_values.pop() if len(split_values) == 1 else os.path.splitext(os.path.basename(csv_path))[0]
-    return Manifest("kinetics", split, os.path.abspath(videos_dir), {"label": list(classes)}, samples), missing
+    return Manifest("kinetics400", split, os.path.abspath(videos_dir), {"label": list(classes)}, samples), missing
 
 
 def read_classes(path):
@@ -77,4 +77,4 @@ def parse_path_label_list(list_path, root, classes):
         samples.append(VideoRecord(id=os.path.splitext(os.path.basename(path))[0], path=path,
                                    targets={"label": class_index(labels, label, list_path, line)}))
     split = os.path.splitext(os.path.basename(list_path))[0]
-    return Manifest("kinetics", split, os.path.abspath(root), {"label": list(classes)}, samples)
+    return Manifest("kinetics400", split, os.path.abspath(root), {"label": list(classes)}, samples)
