@@ -35,7 +35,7 @@ def make_manifest(root, n_good=6, bad=(), split="train"):
 
 def config(root, *overrides):
     return load_config(None, ["DATA.MANIFEST_DIR", str(root / "manifests"), "DATA.NUM_FRAMES", "8",
-                              "DATA.SAMPLING_RATE", "2", "DATA.TRAIN_SHORT_SIDE", "64", "DATA.TRAIN_CROP_SIZE", "56",
+                              "DATA.SAMPLING_RATE", "2", "DATA.TRAIN_CROP_SIZE", "56",
                               "DATA.TEST_SHORT_SIDE", "72", "DATA.TEST_CROP_SIZE", "64", "TRAIN.BATCH_SIZE", "2",
                               "TEST.BATCH_SIZE", "4", "DATA.NUM_WORKERS", "0", *overrides])
 

@@ -33,11 +33,9 @@ _C.DATA.SAMPLING_RATE = 4
 # Dense sampling: frame rate the sampling rate refers to (0 = each video's own rate). With 30, a 60 fps
 # video is sampled with twice the stride, so a clip spans the same time in every video.
 _C.DATA.TARGET_FPS = 0.0
-# Training: the video's short side is resized to this many pixels before the random resized crop.
-_C.DATA.TRAIN_SHORT_SIDE = 128
 # Training: side of the square random resized crop.
 _C.DATA.TRAIN_CROP_SIZE = 112
-# Training: area range of the random resized crop, as a fraction of the resized frame.
+# Training: area range of the random resized crop, as a fraction of the decoded frame.
 _C.DATA.TRAIN_CROP_SCALE = [0.4, 1.0]
 # Training: aspect-ratio range of the random resized crop.
 _C.DATA.TRAIN_CROP_RATIO = [0.75, 1.3333]

@@ -78,27 +78,31 @@ class PyAVReader:
         return torch.from_numpy(_fill_from_decodable(self.path, indices, decoded.get))
 
     def _decode_seek(self, wanted):
-        """Seek to the keyframe before the first wanted frame, decode forward to the last one."""
+        """Seek to the keyframe before the first wanted frame, decode forward to the last one. Frames that
+        are neither wanted nor referenced by others (non-reference B-frames) are skipped, not decoded."""
         targets = {self._pts[i]: i for i in wanted if i < len(self._pts)}
         if not targets:
             return {}
         first, last = min(targets), max(targets)
         self._container.seek(first, stream=self._stream, backward=True, any_frame=False)
-        out = {}
-        for frame in self._container.decode(self._stream):
-            if frame.pts is None:
-                continue
-            if not out and frame.pts > first:  # the seek overshot: start again from the beginning
-                return self._decode_sequential(max(wanted))
-            if frame.pts in targets:
-                out[targets[frame.pts]] = frame.to_ndarray(format="rgb24")
-            if frame.pts >= last:
-                break
+        codec, out = self._stream.codec_context, {}
+        for packet in self._container.demux(self._stream):
+            codec.skip_frame = "DEFAULT" if packet.pts in targets or packet.pts is None else "NONREF"
+            for frame in codec.decode(packet if packet.size else None):
+                if frame.pts is None:
+                    continue
+                if not out and frame.pts > first:  # the seek overshot: start again from the beginning
+                    return self._decode_sequential(max(wanted))
+                if frame.pts in targets:
+                    out[targets[frame.pts]] = frame.to_ndarray(format="rgb24")
+                if frame.pts >= last:
+                    return out
         return out or self._decode_sequential(max(wanted))  # nothing after the seek: some containers (MPEG-TS)
 
     def _decode_sequential(self, last):
         """Decode from the first frame, counting frames (containers without timestamps or that seek badly)."""
         self._open()
+        self._stream.codec_context.skip_frame = "DEFAULT"
         out = {}
         for i, frame in enumerate(self._container.decode(self._stream)):
             out[i] = frame.to_ndarray(format="rgb24")

@@ -7,7 +7,7 @@ import logging
 import os
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from vidkd.data.manifest import Manifest
 from vidkd.data.sampling import ClipSpec
@@ -47,6 +47,22 @@ class FailureTracker:
         return len(self.epoch_failures)
 
 
+class EpochSampler(Sampler):
+    """Yields `(epoch, index)` from a DistributedSampler, so that each item knows its epoch."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch):
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        return ((self.sampler.epoch, i) for i in self.sampler)
+
+
 class VideoLoader:
     """Iterates batches `{"video", "targets", "index", "view", "valid"}`; call `set_epoch` before each epoch."""
 
@@ -54,7 +70,6 @@ class VideoLoader:
         self.dataset, self.loader, self.tracker = dataset, loader, tracker
 
     def set_epoch(self, epoch):
-        self.dataset.set_epoch(epoch)
         self.loader.sampler.set_epoch(epoch)
         self.tracker.start_epoch()
 
@@ -77,8 +92,7 @@ def build_dataset(cfg, train):
     split = d.TRAIN_SPLIT if train else d.TEST_SPLIT
     manifest = Manifest.load(os.path.join(d.MANIFEST_DIR, f"{split}.json"))
     if train:
-        transform = TrainTransform(d.TRAIN_SHORT_SIDE, d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SCALE, d.TRAIN_CROP_RATIO,
-                                   d.FLIP, d.MEAN, d.STD)
+        transform = TrainTransform(d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SCALE, d.TRAIN_CROP_RATIO, d.FLIP, d.MEAN, d.STD)
     else:
         transform = TestTransform(d.TEST_SHORT_SIDE, d.TEST_CROP_SIZE, d.MEAN, d.STD)
     return VideoDataset(manifest, clip_spec(cfg), transform, train, cfg.TEST.NUM_CLIPS, cfg.TEST.NUM_CROPS,
@@ -89,7 +103,8 @@ def build_loader(cfg, train, rank=0, world_size=1):
     """The training (shuffled, last partial batch dropped) or test loader of this rank."""
     d = cfg.DATA
     dataset = build_dataset(cfg, train)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=cfg.SEED)
+    sampler = EpochSampler(DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
+                                              seed=cfg.SEED))
     loader = DataLoader(
         dataset,
         batch_size=cfg.TRAIN.BATCH_SIZE if train else cfg.TEST.BATCH_SIZE,
@@ -99,6 +114,7 @@ def build_loader(cfg, train, rank=0, world_size=1):
         pin_memory=d.PIN_MEMORY and torch.cuda.is_available(),
         drop_last=train,
         prefetch_factor=d.PREFETCH_FACTOR if d.NUM_WORKERS > 0 else None,
+        persistent_workers=d.NUM_WORKERS > 0,
     )
     split = d.TRAIN_SPLIT if train else d.TEST_SPLIT
     return VideoLoader(dataset, loader, FailureTracker(split, len(dataset.manifest.samples), d.MAX_FAIL_FRACTION))

@@ -125,8 +125,9 @@ def render_video(class_name, rng, height, width, frames, return_params=False):
     return (video, {**params, "mask": mask}) if return_params else video
 
 
-def write_video(path, frames_uint8, fps):
-    """Write RGB frames [T, H, W, 3] as an H.264 mp4 (yuv420p, a keyframe every 16 frames, deterministic)."""
+def write_video(path, frames_uint8, fps, bit_rate=None):
+    """Write RGB frames [T, H, W, 3] as an H.264 mp4 (yuv420p, a keyframe every 16 frames, deterministic):
+    constant quality (crf 20), or with `bit_rate` (bits/s) an average bit rate."""
     height, width = frames_uint8.shape[1:3]
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
@@ -134,7 +135,11 @@ def write_video(path, frames_uint8, fps):
         # Bit-exact output: one thread, and no macroblock-tree rate control (its SIMD code reads uninitialised
         # memory on small frames, so the bytes would depend on what the process encoded before).
         stream.codec_context.thread_count = 1
-        stream.options = {"g": "16", "preset": "veryfast", "crf": "20", "x264-params": "mbtree=0"}
+        stream.options = {"g": "16", "preset": "veryfast", "x264-params": "mbtree=0"}
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        else:
+            stream.options = {**stream.options, "crf": "20"}
         for frame in frames_uint8:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -148,15 +153,17 @@ def _split_labels(rng, n):
     return labels[rng.permutation(n)]
 
 
-def make_dataset(out_dir, videos_per_class=24, seed=0, height=96, width=128, frames=40, fps=25, progress=True):
-    """Write the dataset (see module docstring) to `out_dir`; returns the info dict saved as SYNTHETIC_INFO.json."""
+def make_dataset(out_dir, videos_per_class=24, seed=0, height=96, width=128, frames=40, fps=25, progress=True,
+                 bit_rate=None):
+    """Write the dataset (see module docstring) to `out_dir`; returns the info dict saved as SYNTHETIC_INFO.json.
+    `bit_rate` (bits/s) encodes at an average bit rate instead of constant quality (see write_video)."""
     if height % 2 or width % 2:
         raise ValueError(f"height and width must be even for yuv420p, got {height}x{width}")
     if seed < 0 or videos_per_class < 1 or frames < 1:
         raise ValueError("seed must be >= 0, videos_per_class and frames >= 1")
     info = {"generator": "vidkd.data.synthetic", "layout": "hmdb51", "classes": list(CLASSES),
             "videos_per_class": videos_per_class, "seed": seed, "height": height, "width": width,
-            "frames": frames, "fps": fps, "num_videos": len(CLASSES) * videos_per_class}
+            "frames": frames, "fps": fps, "bit_rate": bit_rate, "num_videos": len(CLASSES) * videos_per_class}
     os.makedirs(os.path.join(out_dir, "splits"), exist_ok=True)
     bar = tqdm(total=info["num_videos"], desc="synthetic videos", unit="video", disable=not progress)
     for ci, name in enumerate(CLASSES):
@@ -165,7 +172,7 @@ def make_dataset(out_dir, videos_per_class=24, seed=0, height=96, width=128, fra
         files = [f"{name}_{k:03d}.mp4" for k in range(videos_per_class)]
         for k, file in enumerate(files):
             video = render_video(name, np.random.default_rng([seed, 0, ci, k]), height, width, frames)
-            write_video(os.path.join(class_dir, file), video, fps)
+            write_video(os.path.join(class_dir, file), video, fps, bit_rate)
             bar.update()
         for split in (1, 2, 3):
             labels = _split_labels(np.random.default_rng([seed, 1, ci, split]), videos_per_class)

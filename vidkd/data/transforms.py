@@ -1,7 +1,10 @@
 """Spatial transforms on video tensors with torchvision.transforms.v2.
 
 Input: uint8 frames `[T, H, W, 3]` as decoded. Output: float `[3, T, H, W]`, normalised with the config's
-per-family mean / std. Training: short-side resize -> random resized crop -> (flip) -> normalise.
+per-family mean / std. Training: random resized crop -> (flip) -> normalise. The crop box is drawn as a
+fraction of the frame's area and aspect, so it is the same in distribution with or without a short-side
+resize before it; cropping the decoded frame and resizing once to the crop size saves a second
+interpolation (and antialiases from the full-resolution pixels).
 Testing: short-side resize -> crop `k` of `n_crops` (1: center; 3: both ends and the center of the long
 side, SlowFast style) -> normalise. Every frame of a clip gets the same crop and flip.
 """
@@ -16,16 +19,15 @@ def _to_video(frames):
 
 
 def _finish(video, mean, std):
-    video = F.normalize(F.to_dtype(video, torch.float32, scale=True), mean=list(mean), std=list(std))
-    return video.as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous()  # [3, T, H, W]
+    """uint8 [T, 3, H, W] -> float [3, T, H, W], (x / 255 - mean) / std per channel."""
+    x = video.as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous().float()
+    shape = (3, 1, 1, 1)
+    return x.sub_(torch.tensor(mean).view(shape) * 255).div_(torch.tensor(std).view(shape) * 255)
 
 
 class TrainTransform:
-    def __init__(self, short_side, crop_size, scale, ratio, flip, mean, std):
-        steps = [
-            v2.Resize(short_side, antialias=True),
-            v2.RandomResizedCrop(crop_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True),
-        ]
+    def __init__(self, crop_size, scale, ratio, flip, mean, std):
+        steps = [v2.RandomResizedCrop(crop_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)]
         if flip:
             steps.append(v2.RandomHorizontalFlip())
         self.augment, self.mean, self.std = v2.Compose(steps), mean, std

@@ -3,8 +3,8 @@
 Training: one item per video, one random clip (frames, crop and flip drawn from `(seed, epoch, index)`, so
 an item is the same whichever worker makes it). Testing: `n_clips x n_crops` items per video, each with
 its view index. A video that cannot be decoded is reported in the item's `failures` (path, message); in
-training another sample is drawn in its place, in testing the item comes back with `valid = False` so the evaluator can
-leave it out rather than score a different video.
+training another sample is drawn in its place, in testing the item comes back with
+`valid = False` so the evaluator can leave it out rather than score a different video.
 """
 import signal
 import threading
@@ -26,19 +26,18 @@ class VideoDataset(Dataset):
         self.n_clips, self.n_crops = (1, 1) if train else (n_clips, n_crops)
         self.decoder, self.threads, self.seed = decoder, threads, seed
         self.max_retries, self.timeout = max_retries, timeout
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
 
     def __len__(self):
         return len(self.manifest.samples) * self.n_clips * self.n_crops
 
-    def __getitem__(self, i):
-        return self._train_item(i) if self.train else self._test_item(i)
+    def __getitem__(self, key):
+        """`key`: an item index, or `(epoch, index)` as EpochSampler gives it (the epoch seeds the draws, and
+        travels with the index so that persistent workers need no message when an epoch starts)."""
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        return self._train_item(epoch, i) if self.train else self._test_item(i)
 
-    def _train_item(self, i):
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+    def _train_item(self, epoch, i):
+        rng = np.random.default_rng([self.seed, epoch, i])
         failures, j = [], i
         for _ in range(self.max_retries + 1):
             try:
