@@ -1,4 +1,4 @@
-"""Write EPIC-KITCHENS-100 action manifests (train.json, validation.json) from the official annotations.
+r"""Write EPIC-KITCHENS-100 action manifests (train.json, validation.json) from the official annotations.
 
     python data_prep/prepare_epic100.py --annotations epic-kitchens-100-annotations \
         --data EPIC-KITCHENS [--frames] --out data/epic100

@@ -1,4 +1,4 @@
-"""Write HMDB51 manifests (train.json, test.json) from the official videos and split files.
+r"""Write HMDB51 manifests (train.json, test.json) from the official videos and split files.
 
     python data_prep/prepare_hmdb51.py --videos hmdb51/videos --splits hmdb51/testTrainMulti_7030_splits \
         --split-id 1 --out data/hmdb51/split1

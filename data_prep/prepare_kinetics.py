@@ -1,4 +1,4 @@
-"""Write Kinetics manifests (<split>.json) from the official CSVs, or from `<path> <label>` lists.
+r"""Write Kinetics manifests (<split>.json) from the official CSVs, or from `<path> <label>` lists.
 
     python data_prep/prepare_kinetics.py --videos k400/videos --train-csv k400/train.csv \
         --csv k400/validate.csv --out data/k400

@@ -87,3 +87,13 @@ def test_every_default_key_has_a_comment():
     for i, line in enumerate(lines):
         if line.startswith("_C.") and "CfgNode()" not in line:
             assert lines[i - 1].lstrip().startswith("#") or lines[i - 1].startswith("_C."), line
+
+
+def test_every_shipped_config_loads():
+    import glob
+    import os
+
+    paths = glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "**", "*.yaml"), recursive=True)
+    assert len(paths) >= 4
+    for path in paths:
+        load_config(path)
