@@ -8,12 +8,11 @@ video is bad.
 """
 import argparse
 import os
-import sys
 from collections import Counter
 
+from vidkd.cli import run
 from vidkd.data.check import STATUSES, check_manifest
 from vidkd.data.manifest import Manifest
-from vidkd.errors import VidkdError
 
 
 def main(argv=None):
@@ -37,7 +36,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except VidkdError as e:
-        sys.exit(f"error: {e}")
+    run(main)

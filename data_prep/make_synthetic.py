@@ -1,6 +1,7 @@
 """Write the built-in synthetic dataset (HMDB51 official layout): see `vidkd.data.synthetic`."""
 import argparse
 
+from vidkd.cli import run
 from vidkd.data.synthetic import make_dataset
 
 
@@ -19,4 +20,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -6,11 +6,10 @@ r"""Write EPIC-KITCHENS-100 action manifests (train.json, validation.json) from 
 --data holds <participant_id>/videos/<video_id>.MP4, or with --frames <participant_id>/rgb_frames/<video_id>/.
 """
 import argparse
-import sys
 
+from vidkd.cli import run
 from vidkd.data.datasets.csv_rows import write_manifests
 from vidkd.data.datasets.epic_kitchens import parse_epic100
-from vidkd.errors import VidkdError
 
 
 def main(argv=None):
@@ -25,7 +24,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except VidkdError as e:
-        sys.exit(f"error: {e}")
+    run(main)

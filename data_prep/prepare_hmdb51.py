@@ -7,11 +7,10 @@ Listed videos that are not on disk stay in the manifests (the loader skips them)
 <out>/missing_<split>.txt.
 """
 import argparse
-import sys
 
+from vidkd.cli import run
 from vidkd.data.datasets.csv_rows import write_manifests
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
-from vidkd.errors import VidkdError
 
 
 def main(argv=None):
@@ -26,7 +25,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except VidkdError as e:
-        sys.exit(f"error: {e}")
+    run(main)

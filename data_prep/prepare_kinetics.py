@@ -10,12 +10,10 @@ split column. Clips not found under --videos are left out and listed in <out>/mi
 List mode: one manifest per list file, named by its stem; --classes has one class name per line.
 """
 import argparse
-import sys
 
+from vidkd.cli import run
 from vidkd.data.datasets.csv_rows import write_manifests
-from vidkd.data.datasets.kinetics import (index_videos, parse_kinetics_csv, parse_path_label_list,
-                                          read_classes)
-from vidkd.errors import VidkdError
+from vidkd.data.datasets.kinetics import index_videos, parse_kinetics_csv, parse_path_label_list, read_classes
 
 
 def main(argv=None):
@@ -46,7 +44,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except VidkdError as e:
-        sys.exit(f"error: {e}")
+    run(main)

@@ -14,6 +14,8 @@ CODECS = {  # name -> (codec, container extension, pixel format): HMDB51-era AVI
     "msmpeg4": ("msmpeg4v2", "avi", "yuv420p"),
     "mjpeg": ("mjpeg", "avi", "yuvj420p"),
     "cinepak": ("cinepak", "avi", "rgb24"),
+    "av1": ("libsvtav1", "mkv", "yuv420p"),  # decord's FFmpeg cannot decode it; PyAV's can
+    "h264-ts": ("libx264", "ts", "yuv420p"),  # MPEG-TS: timestamps not starting at zero
 }
 
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from conftest import write_test_video
+
 from vidkd.data.check import check_video
 from vidkd.data.manifest import Manifest, VideoRecord
 

@@ -1,19 +1,16 @@
 """Decoders on real encoded files: decord / PyAV parity, old AVI codecs, broken files, fallback."""
-import os
-
-import av
 import numpy as np
 import pytest
 import torch
+from conftest import frame_numbers
 
-from conftest import CODECS, frame_numbers
 from vidkd.data.decoders import DecordReader, PyAVReader, open_video, read_clip
 from vidkd.errors import DecodeError
 
 INDICES = [0, 1, 5, 17, 30, 47]
 
 
-@pytest.mark.parametrize("codec", sorted(CODECS))
+@pytest.mark.parametrize("codec", ["h264", "mpeg4", "msmpeg4", "mjpeg", "cinepak"])
 def test_backends_agree_on_the_same_indices(video_factory, codec):
     path = video_factory(codec=codec)
     decord_frames = DecordReader(path).get_frames(INDICES)
@@ -107,32 +104,18 @@ def test_fallback_when_decord_returns_garbled_frames(video_factory):
     assert frame_numbers(clip) == [0, 10]
 
 
-def test_fallback_to_pyav_when_decord_cannot_open(tmp_path):
+def test_fallback_to_pyav_when_decord_cannot_open(video_factory):
     """decord's bundled FFmpeg has no AV1 decoder; PyAV's has: the clip is read through the fallback."""
-    path = tmp_path / "av1.mkv"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libsvtav1", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(20):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8))))
-        container.mux(stream.encode())
+    path = video_factory(codec="av1", num_frames=20)
     with pytest.raises(Exception):
-        DecordReader(str(path))
-    reader = open_video(str(path), "decord")
-    assert isinstance(reader, PyAVReader)
-    clip = read_clip(str(path), lambda n, fps: [0, 10, 19], "decord")
-    assert [round(float(f.float().mean()) / 10) for f in clip] == [0, 10, 19]
+        DecordReader(path)
+    assert isinstance(open_video(path, "decord"), PyAVReader)
+    assert frame_numbers(read_clip(path, lambda n, fps: [0, 10, 19], "decord")) == [0, 10, 19]
 
 
-def test_mpeg_ts_without_seekable_index(tmp_path):
-    """An MPEG-TS (timestamps not starting at zero, seeking unreliable) is still read frame-exactly."""
-    path = tmp_path / "v.ts"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(30):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8))))
-        container.mux(stream.encode())
-    clip = read_clip(str(path), lambda n, fps: [3, 10, 29])
-    assert [round(float(f.float().mean()) / 8) for f in clip] == [3, 10, 29]
-    assert os.path.getsize(path) > 0
+def test_mpeg_ts_without_seekable_index(video_factory):
+    """An MPEG-TS (no index, timestamps not starting at zero) is read frame-exactly, even with decord asked
+    for: decord 0.6.0 returns the wrong frames from it without an error, so PyAV reads it."""
+    path = video_factory(codec="h264-ts", num_frames=30)
+    assert frame_numbers(DecordReader(path).get_frames([0, 3])) != [0, 3]
+    assert frame_numbers(read_clip(path, lambda n, fps: [0, 3, 10, 29], "decord")) == [0, 3, 10, 29]

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import frame_image, frame_numbers, write_test_video
 from PIL import Image
 
-from conftest import frame_image, frame_numbers, write_test_video
 from vidkd.config import load_config
 from vidkd.data.loader import build_loader
 from vidkd.data.manifest import Manifest, VideoRecord
@@ -129,7 +129,8 @@ def test_corrupt_and_missing_videos_are_skipped_and_counted(tmp_path, caplog):
 def test_too_many_failures_stop_the_run_listing_the_files(tmp_path):
     make_manifest(tmp_path, n_good=6, bad=[("a.mp4", b""), ("b.mp4", b"")])
     loader = build_loader(config(tmp_path, "DATA.MAX_FAIL_FRACTION", "0.1", "TRAIN.BATCH_SIZE", "1"), train=True)
-    with pytest.raises(DataError, match=r"1 of 8 videos in split 'train' failed to decode this epoch, more than DATA\.MAX_FAIL_FRACTION = 0\.1") as err:
+    message = r"1 of 8 videos in split 'train' failed to decode this epoch, more than DATA\.MAX_FAIL_FRACTION = 0\.1"
+    with pytest.raises(DataError, match=message) as err:
         batches(loader)
     assert "a.mp4" in str(err.value) or "b.mp4" in str(err.value)
 

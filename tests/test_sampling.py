@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from vidkd.data.sampling import ClipSpec, test_indices as clip_at, train_indices
+from vidkd.data.sampling import ClipSpec, train_indices
+from vidkd.data.sampling import test_indices as clip_at
 
 
 def test_dense_test_clips_evenly_spaced():
@@ -41,7 +42,10 @@ def test_segment_sampling():
 
 def test_train_clips_random_reproducible_and_inside_the_range():
     spec = ClipSpec(16, 4)
-    draw = lambda seed: train_indices(spec, 5, 305, 30.0, np.random.default_rng(seed)).tolist()
+
+    def draw(seed):
+        return train_indices(spec, 5, 305, 30.0, np.random.default_rng(seed)).tolist()
+
     assert draw(1) == draw(1)
     assert draw(1) != draw(2)
     starts = set()

@@ -11,12 +11,12 @@ its decoders. Target: vidkd (default decoder) at least 3x pytorchvideo.
 """
 import argparse
 import os
-import sys
 import time
 
 import torch
 from torch.utils.data import DataLoader
 
+from vidkd.cli import run
 from vidkd.config import load_config
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
 from vidkd.data.loader import build_loader
@@ -115,4 +115,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -10,20 +10,19 @@
 """
 import argparse
 import os
-import sys
 import time
 
 import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from vidkd.cli import run
 from vidkd.config import load_config
 from vidkd.data.check import check_manifest
 from vidkd.data.datasets.csv_rows import write_manifests
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
 from vidkd.data.loader import build_loader
 from vidkd.data.synthetic import make_dataset
-from vidkd.errors import VidkdError
 
 
 def prepare(data_dir, manifest_dir):
@@ -100,7 +99,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except VidkdError as e:
-        sys.exit(f"error: {e}")
+    run(main)

@@ -19,6 +19,9 @@ from PIL import Image
 from vidkd.errors import DecodeError, DecodeTimeout
 
 BACKENDS = ("decord", "pyav")
+# Program-stream and transport-stream containers have no frame index: decord 0.6.0 seeks in them to the
+# wrong frames without an error (seen: frame 11 returned for frame 0 of an MPEG-TS). PyAV reads these first.
+NO_INDEX_CONTAINERS = (".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".vob")
 
 
 class DecordReader:
@@ -154,6 +157,8 @@ def _with_fallback(path, backend, threads, use):
         raise DecodeError(path, "file not found")
     if os.path.getsize(path) == 0:
         raise DecodeError(path, "zero-length file")
+    if path.lower().endswith(NO_INDEX_CONTAINERS):
+        backend = "pyav"
     errors = []
     for name in (backend,) + tuple(b for b in BACKENDS if b != backend):
         try:
