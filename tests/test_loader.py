@@ -143,3 +143,16 @@ def test_a_failed_test_video_is_flagged_not_replaced(tmp_path):
     assert batch["valid"].tolist() == [True, True, False]
     assert batch["index"].tolist() == [0, 1, 2]
     assert loader.tracker.count == 1
+
+
+def test_a_decode_past_the_timeout_is_abandoned_and_counted(tmp_path):
+    """DATA.DECODE_TIMEOUT: the alarm stops the decode; training gives up after MAX_RETRIES more videos,
+    testing flags the view."""
+    manifest = make_manifest(tmp_path, n_good=2)
+    spec, transform = ClipSpec(8, 2), TestTransform(72, 64, [0] * 3, [1] * 3)
+    train = VideoDataset(manifest, spec, None, True, max_retries=2, timeout=1e-4)
+    with pytest.raises(DataError, match=r"3 videos in a row failed(.|\n)*longer than 0\.0001 s \(DATA\.DECODE_TIMEOUT"):
+        train[0]
+    item = VideoDataset(manifest, spec, transform, False, timeout=1e-4)[0]
+    assert item["valid"] is False and "DECODE_TIMEOUT" in item["failures"][0][1]
+    assert VideoDataset(manifest, spec, transform, False, timeout=30.0)[0]["valid"] is True
