@@ -31,3 +31,7 @@ class DecodeTimeout(DecodeError):
 
 class DataError(VidkdError):
     """Too many videos failed to decode in one epoch; the message lists them."""
+
+
+class CheckpointError(VidkdError):
+    """A checkpoint cannot be read, or does not fit the model; the message names the file and the keys."""

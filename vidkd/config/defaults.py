@@ -61,6 +61,21 @@ _C.DATA.MAX_RETRIES = 10
 # The run stops when more than this fraction of a split's videos failed to decode in one epoch.
 _C.DATA.MAX_FAIL_FRACTION = 0.05
 
+# ----------------------------------------------------------------------------- models
+_C.MODEL = CfgNode()
+# The student: a registered model name (vidkd.models.MODELS), e.g. x3d_xs, x3d_s, tsm_mobilenetv2.
+_C.MODEL.STUDENT = "x3d_xs"
+# The teachers, heterogeneous ViT first, then the homogeneous 3D CNN (e.g. videomae_vit_b, x3d_m).
+_C.MODEL.TEACHERS = ["videomae_vit_b", "x3d_m"]
+# Number of classes; 0 takes the size of the training manifest's label set.
+_C.MODEL.NUM_CLASSES = 0
+# Checkpoint of the student (a file or a DeepSpeed checkpoint folder); "" starts from random weights.
+_C.MODEL.STUDENT_CHECKPOINT = ""
+# Checkpoints of the teachers, in the order of MODEL.TEACHERS; "" starts from random weights.
+_C.MODEL.TEACHER_CHECKPOINTS = ["", ""]
+# Allow a checkpoint that fills only part of a model (e.g. a backbone without its head).
+_C.MODEL.PARTIAL_LOAD = False
+
 # ----------------------------------------------------------------------------- training
 _C.TRAIN = CfgNode()
 # Clips per batch on each rank.
