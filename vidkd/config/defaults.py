@@ -78,8 +78,83 @@ _C.MODEL.PARTIAL_LOAD = False
 
 # ----------------------------------------------------------------------------- training
 _C.TRAIN = CfgNode()
-# Clips per batch on each rank.
+# Clips per batch on each rank (DeepSpeed's micro batch).
 _C.TRAIN.BATCH_SIZE = 8
+# Epochs to train.
+_C.TRAIN.EPOCHS = 30
+# Evaluate on the test split every this many epochs (and always after the last one).
+_C.TRAIN.EVAL_PERIOD = 5
+# Save a checkpoint every this many epochs (and always after the last one).
+_C.TRAIN.CHECKPOINT_PERIOD = 1
+# Batches whose gradients are summed before one optimiser step.
+_C.TRAIN.GRAD_ACCUM_STEPS = 1
+# Clip the global gradient norm to this value (0 = no clipping).
+_C.TRAIN.CLIP_GRAD = 0.0
+# Keep an exponential moving average of the student's weights, evaluated and exported instead of the raw ones.
+_C.TRAIN.EMA = False
+# EMA decay per optimiser step.
+_C.TRAIN.EMA_DECAY = 0.999
+
+# ----------------------------------------------------------------------------- optimiser
+_C.SOLVER = CfgNode()
+# sgd (momentum 0.9, nesterov) | adamw (betas 0.9, 0.999).
+_C.SOLVER.OPTIMIZER = "sgd"
+# Peak learning rate, reached at the end of the warm-up, then cosine decay to MIN_LR.
+_C.SOLVER.BASE_LR = 0.1
+# Learning rate at the end of the cosine schedule.
+_C.SOLVER.MIN_LR = 0.0
+# Epochs of linear warm-up from 0.
+_C.SOLVER.WARMUP_EPOCHS = 1.0
+# Weight decay of weights; norms, biases and other 1-D parameters get none.
+_C.SOLVER.WEIGHT_DECAY = 5e-5
+# SGD momentum.
+_C.SOLVER.MOMENTUM = 0.9
+
+# ----------------------------------------------------------------------------- DeepSpeed
+_C.DEEPSPEED = CfgNode()
+# ZeRO stage (0: plain data parallel, 1: optimiser states, 2: also gradients sharded).
+_C.DEEPSPEED.ZERO_STAGE = 0
+# Mixed precision on the GPU: fp32 | bf16 | fp16 (the CPU always runs fp32).
+_C.DEEPSPEED.PRECISION = "bf16"
+
+# ----------------------------------------------------------------------------- distillation
+_C.DISTILL = CfgNode()
+# ce (student alone, or a teacher fine-tuned) | kd | dkd | fitnet | rkd | ofa | dual_teacher.
+_C.DISTILL.METHOD = "dual_teacher"
+# Single-teacher methods: which of MODEL.TEACHERS teaches (0 = the ViT, 1 = the 3D CNN).
+_C.DISTILL.TEACHER_INDEX = 0
+# Weight of the cross-entropy with the labels.
+_C.DISTILL.CE_WEIGHT = 1.0
+# Softmax temperature T of the logit losses (KD, DKD, DATW).
+_C.DISTILL.TEMPERATURE = 4.0
+# Weight of the logit loss: KD / DKD / OFA / DATW (alpha in METHODS.md 2.3).
+_C.DISTILL.LOGIT_WEIGHT = 1.0
+# Weight of the feature loss: FitNet / SDD (beta in METHODS.md 2.3).
+_C.DISTILL.FEATURE_WEIGHT = 1.0
+# Weight of RKD on pooled embeddings (rkd method; gamma of the dual teacher, 0 = off).
+_C.DISTILL.RKD_WEIGHT = 0.0
+# DKD: weights of the target-class and non-target-class terms, and warm-up epochs.
+_C.DISTILL.DKD_ALPHA = 1.0
+_C.DISTILL.DKD_BETA = 8.0
+_C.DISTILL.DKD_WARMUP = 20
+# OFA: exponent eps of the target enhancement (1.0 = plain KD + CE).
+_C.DISTILL.OFA_EPS = 1.5
+# DATW teacher weights: adaptive | fixed (0.5 / 0.5) | vit_only | cnn_only.
+_C.DISTILL.DATW_MODE = "adaptive"
+# DATW confidence c_k: true_class (softmax(z_k)[y]) | max_prob | neg_entropy.
+_C.DISTILL.DATW_CONFIDENCE = "true_class"
+# DATW discrepancy d_k: kl (KL(p_k || p_s) at T) | cosine (1 - cos of the logits).
+_C.DISTILL.DATW_DISCREPANCY = "kl"
+# DATW: weight lambda_d of the discrepancy in the score (0 = confidence only).
+_C.DISTILL.DATW_LAMBDA = 1.0
+# DATW: temperature tau_w of the softmax over teachers.
+_C.DISTILL.DATW_TAU = 1.0
+# SDD on/off (off: the dual teacher is DATW + CE only).
+_C.DISTILL.SDD = True
+# SDD: common width d of the projected teacher structures.
+_C.DISTILL.SDD_DIM = 256
+# SDD projections phi: fixed (seeded orthogonal, not trained) | learned (phi_V fit to phi_C on teacher features).
+_C.DISTILL.SDD_PHI = "fixed"
 
 # ----------------------------------------------------------------------------- testing
 _C.TEST = CfgNode()
@@ -95,6 +170,15 @@ CHOICES = {
     "DATA.DECODER": ("decord", "pyav"),
     "DATA.SAMPLING": ("dense", "segment"),
     "TEST.NUM_CROPS": (1, 3),
+    "SOLVER.OPTIMIZER": ("sgd", "adamw"),
+    "DEEPSPEED.ZERO_STAGE": (0, 1, 2),
+    "DEEPSPEED.PRECISION": ("fp32", "bf16", "fp16"),
+    "DISTILL.METHOD": ("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "dual_teacher"),
+    "DISTILL.TEACHER_INDEX": (0, 1),
+    "DISTILL.DATW_MODE": ("adaptive", "fixed", "vit_only", "cnn_only"),
+    "DISTILL.DATW_CONFIDENCE": ("true_class", "max_prob", "neg_entropy"),
+    "DISTILL.DATW_DISCREPANCY": ("kl", "cosine"),
+    "DISTILL.SDD_PHI": ("fixed", "learned"),
 }
 
 

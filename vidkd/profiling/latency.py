@@ -1,6 +1,5 @@
 """Forward latency (CPU or CUDA) and peak memory of a model."""
 import multiprocessing
-import resource
 import statistics
 import time
 
@@ -36,10 +35,12 @@ def measure_latency(model, input_shape, device, warmup=3, runs=10):
 
 def peak_memory_mb(name, kwargs, input_shape):
     """CPU memory of one forward of registered model `name` (`build_model(name, **kwargs)`) on a clip of
-    `input_shape`: the growth of the max RSS across the forward over its value after building the model.
+    `input_shape`: how far the peak RSS during the forward rises above the RSS after building the model.
 
-    The forward runs in a fresh "spawn" child process, since the max RSS is a high-water mark for the whole
-    process life: in this process it would already be raised by any earlier, bigger model.
+    The forward runs in a fresh "spawn" child process, since a high-water mark in this process would already
+    be raised by any earlier, bigger model. The child reads the kernel's VmHWM (reset to the current RSS
+    after the build) rather than getrusage's ru_maxrss: on Linux ru_maxrss carries over the parent's
+    high-water mark through fork and exec, so in the child too it starts at the parent's peak.
     """
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_forward_rss_growth, (name, kwargs, input_shape))
@@ -49,7 +50,14 @@ def _forward_rss_growth(name, kwargs, input_shape):
     from vidkd.models import build_model
 
     model = build_model(name, **kwargs).eval()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := current RSS
+    before = _high_water_kb()
     with torch.inference_mode():
         model(torch.randn(input_shape))
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KiB on Linux
+    return (_high_water_kb() - before) / 1024
+
+
+def _high_water_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))

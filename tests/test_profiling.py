@@ -1,0 +1,90 @@
+"""FLOP counts against published figures, unsupported-op reporting, latency, peak memory and the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from vidkd.models import build_model
+from vidkd.profiling import count_flops, measure_latency, peak_memory_mb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name, gflops", [("r3d_18", 40.697), ("mc3_18", 43.343), ("r2plus1d_18", 40.519)])
+def test_torchvision_published_ops(name, gflops):
+    """torchvision's weights metadata `_ops` at 1x3x16x112x112."""
+    result = count_flops(build_model(name, 400, 16, 112), (1, 3, 16, 112, 112))
+    assert result["gflops"] == pytest.approx(gflops, rel=0.01)
+
+
+def test_x3d_xs_paper_figures():
+    """X3D paper: X3D-XS 0.60 GFLOPs, 3.79 M params at 4x160x160 (pytorchvideo's zoo 0.91: see flops.py)."""
+    result = count_flops(build_model("x3d_xs", 400, 4, 160), (1, 3, 4, 160, 160))
+    assert result["gflops"] == pytest.approx(0.60, rel=0.05)
+    assert result["params_m"] == pytest.approx(3.79, rel=0.01)
+
+
+def test_videomae_vit_b():
+    result = count_flops(build_model("videomae_vit_b", 400, 16, 224), (1, 3, 16, 224, 224))
+    assert result["gflops"] == pytest.approx(180, rel=0.03)
+
+
+class CumsumNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.cumsum(x, dim=1))
+
+
+def test_unsupported_ops_reported():
+    result = count_flops(CumsumNet(), (2, 8))
+    assert result["unsupported"] == {"aten::cumsum": 1}
+    assert result["gflops"] == pytest.approx(2 * 8 * 4 / 1e9)
+    assert result["params_m"] == pytest.approx(36 / 1e6)
+
+
+def test_latency():
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        result = measure_latency(nn.Conv3d(3, 8, 3), (2, 3, 4, 32, 32), device, warmup=1, runs=3)
+        assert 0 < result["min_ms"] <= result["median_ms"] <= result["max_ms"]
+        assert ("peak_mb" in result) == (device == "cuda")
+
+
+def test_peak_memory_grows_with_the_clip():
+    kwargs = dict(num_classes=10, num_frames=4, crop_size=64)
+    small = peak_memory_mb("x3d_xs", kwargs, (1, 3, 4, 64, 64))
+    big = peak_memory_mb("x3d_xs", dict(kwargs, crop_size=160), (1, 3, 4, 160, 160))
+    assert 0 < small < big
+
+
+def test_profile_net_cli(tmp_path):
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, "tools/profile_net.py", "--config", "configs/demo/synthetic.yaml",
+           "--models", "x3d_xs", "tsm_resnet18", "--frames", "4", "--size", "64", "--runs", "2",
+           "--batch", "2", "--json", str(out),
+           "MODEL.TEACHERS", "[x3d_xs]", "MODEL.STUDENT", "tsm_resnet18"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "x3d_xs" in proc.stdout and "aten::" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["input_shape"] == [1, 3, 4, 64, 64]
+    assert report["views_per_video"] == 2
+    for name in ("x3d_xs", "tsm_resnet18"):
+        model = report["models"][name]
+        assert model["gflops"] > 0 and model["params_m"] > 0 and model["cpu_peak_mb"] > 0
+        assert model["gflops_per_video"] == pytest.approx(2 * model["gflops"])
+        assert model["unsupported"]
+        for batch in ("1", "2"):
+            assert model["latency"]["cpu"][batch]["median_ms"] > 0
+    teacher, student = report["models"]["x3d_xs"]["gflops"], report["models"]["tsm_resnet18"]["gflops"]
+    assert report["distillation"]["teachers_forward"] == {"x3d_xs": teacher}
+    assert report["distillation"]["ratio"] == pytest.approx((teacher + 3 * student) / (3 * student))
+    assert "distillation cost" in proc.stdout

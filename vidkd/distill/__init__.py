@@ -1,0 +1,1 @@
+"""Distillation methods and the losses they are built from (`vidkd.distill.losses`)."""

@@ -1,0 +1,58 @@
+"""The contract every distillation method keeps, and what they share.
+
+A method is an `nn.Module` holding the student (trained), the teachers (frozen: eval mode, no gradients,
+outputs in fp32) and any training-only modules (exits, branches, regressors). `forward(batch)` returns
+`(student_logits, losses)`: the logits `[B, sum K]` of all heads side by side, and a dict of named loss
+terms that the engine sums. A method may also fill `self.stats` with per-sample tensors to log (the DATW
+weights). Methods know nothing of DeepSpeed; the engine knows nothing of any method.
+
+Several label heads (EPIC-KITCHENS-100: verb and noun) are one classifier of `sum K` outputs, split per head;
+each loss term is applied per head and summed.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vidkd.models.taps import FeatureTaps
+
+
+class Distiller(nn.Module):
+    def __init__(self, student, teachers, heads, cfg):
+        super().__init__()
+        self.student = student
+        self.teachers = nn.ModuleList(teachers)
+        self.teachers.requires_grad_(False)
+        self.heads = dict(heads)  # head name -> classes, in the classifier's order
+        self.cfg = cfg.DISTILL
+        self.epoch = 0  # set by the engine (DKD's warm-up)
+        self.stats = {}
+        self.student_taps = FeatureTaps(student)
+        self.teacher_taps = [FeatureTaps(t) for t in self.teachers]
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.teachers.eval()  # frozen teachers stay in eval mode (batch-norm statistics, dropout)
+        return self
+
+    def split(self, logits):
+        """`{head: [B, K_head]}` from the side-by-side logits."""
+        return dict(zip(self.heads, logits.split(list(self.heads.values()), dim=1)))
+
+    @torch.no_grad()
+    def run_teacher(self, k, video):
+        """Teacher k's `(logits, stage features, embedding)`, in fp32."""
+        logits, features, embedding = self.teacher_taps[k](video)
+        return logits.float(), [f.float() for f in features], embedding.float()
+
+    def ce(self, logits, targets):
+        """Cross-entropy with the labels, summed over heads."""
+        return sum(F.cross_entropy(z.float(), targets[h]) for h, z in self.split(logits).items())
+
+    def per_head(self, loss_fn, z_s, z_t, targets):
+        """`loss_fn(z_s_head, z_t_head, y_head)` summed over heads."""
+        s, t = self.split(z_s), self.split(z_t)
+        return sum(loss_fn(s[h], t[h], targets[h]) for h in self.heads)
+
+    def student_state_dict(self):
+        """What is exported: the student alone, without any training-only module."""
+        return self.student.state_dict()

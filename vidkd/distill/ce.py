@@ -1,0 +1,8 @@
+"""Supervised training alone: the student without a teacher, or a teacher being fine-tuned. L = CE."""
+from vidkd.distill.base import Distiller
+
+
+class CE(Distiller):
+    def forward(self, batch):
+        z_s = self.student(batch["video"])
+        return z_s, {"ce": self.cfg.CE_WEIGHT * self.ce(z_s, batch["targets"])}

@@ -1,0 +1,17 @@
+"""DKD (Zhao et al., CVPR 2022): L = CE + min(epoch / warmup, 1) * (alpha * TCKD + beta * NCKD)."""
+from vidkd.distill.base import Distiller
+from vidkd.distill.losses import dkd_loss, dkd_warmup
+
+
+class DKD(Distiller):
+    def forward(self, batch):
+        z_t = self.run_teacher(0, batch["video"])[0]
+        z_s = self.student(batch["video"])
+        c = self.cfg
+
+        def dkd(s, t, y):
+            return dkd_loss(s, t, y, c.DKD_ALPHA, c.DKD_BETA, c.TEMPERATURE)
+
+        warm = dkd_warmup(self.epoch, c.DKD_WARMUP)
+        loss = c.LOGIT_WEIGHT * warm * self.per_head(dkd, z_s, z_t, batch["targets"])
+        return z_s, {"ce": c.CE_WEIGHT * self.ce(z_s, batch["targets"]), "dkd": loss}

@@ -1,0 +1,130 @@
+"""Dual-teacher video distillation (arXiv 2511.09469; formulation of METHODS.md section 2).
+
+A heterogeneous ViT teacher V and a homogeneous 3D-CNN teacher C teach a lightweight CNN student:
+`L = CE + alpha * L_DATW + beta * L_SDD + gamma * L_RKD(e_s, e_V)`.
+
+DATW (2.1), per sample and head, all detached: `s_k = log(c_k + 1e-8) + lambda_d * d_k`,
+`w = softmax_k(s / tau_w)`, `z_f = w_V z_V + w_C z_C`, `L_DATW = T^2 KL(softmax(z_f / T) || p_s)`. With
+confidence `neg_entropy` the confidence term is `-H(p_k)` itself (already on a log scale).
+
+SDD (2.2): both teachers' last-stage maps, pooled to the student's last-stage grid, are projected to width d
+by phi_V, phi_C (fixed seeded orthogonal 1x1x1 convs, or phi_V learned to predict phi_C(f_C) from f_V on
+teacher features only) and layer-normed per position without affine parameters. Targets
+`r_C = sg(phi_C f_C)`, `r_res = sg(phi_V f_V - phi_C f_C)`; the student's map feeds `g_main` (1x1x1 conv)
+-> r_C and the Structure Discrepancy Branch `g_aux` -> r_res. Both heads exist only in training.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vidkd.distill.base import Distiller
+from vidkd.distill.losses import kd_loss, kl_per_sample, match_grid, rkd_loss
+from vidkd.models.taps import probe
+
+
+def teacher_weights(z_v, z_c, z_s, y, cfg):
+    """DATW weights `[B, 2]` (ViT, CNN), detached; each row sums to 1."""
+    fixed = {"fixed": (0.5, 0.5), "vit_only": (1.0, 0.0), "cnn_only": (0.0, 1.0)}
+    if cfg.DATW_MODE in fixed:
+        return torch.tensor(fixed[cfg.DATW_MODE], device=z_s.device).expand(len(z_s), 2)
+    with torch.no_grad():
+        z_s = z_s.detach().float()
+        scores = []
+        for z_k in (z_v, z_c):
+            p_k = z_k.softmax(1)
+            if cfg.DATW_CONFIDENCE == "neg_entropy":
+                confidence = (p_k * z_k.log_softmax(1)).sum(1)  # -H(p_k)
+            else:
+                c_k = p_k.gather(1, y[:, None])[:, 0] if cfg.DATW_CONFIDENCE == "true_class" else p_k.amax(1)
+                confidence = torch.log(c_k + 1e-8)  # log(c_k + 1e-8)
+            if cfg.DATW_DISCREPANCY == "kl":
+                d_k = kl_per_sample(z_k, z_s, cfg.TEMPERATURE)  # KL(p_k || p_s) at T
+            else:
+                d_k = 1 - F.cosine_similarity(z_k, z_s, dim=1)
+            scores.append(confidence + cfg.DATW_LAMBDA * d_k)  # s_k = log c_k + lambda_d d_k
+        return (torch.stack(scores, 1) / cfg.DATW_TAU).softmax(1)  # w = softmax_k(s / tau_w)
+
+
+def position_norm(x):
+    """Layer norm over the channels at every position, no affine parameters: [B, d, T, H, W]."""
+    return F.layer_norm(x.movedim(1, -1), x.shape[1:2]).movedim(-1, 1)
+
+
+def fixed_projection(c_in, dim, generator):
+    """phi: a 1x1x1 conv with orthogonal weights from `generator`, never trained."""
+    conv = nn.Conv3d(c_in, dim, 1, bias=False)
+    nn.init.orthogonal_(conv.weight, generator=generator)
+    return conv.requires_grad_(False)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels, reduction=4):
+        super().__init__()
+        hidden = max(channels // reduction, 8)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Conv3d(channels, hidden, 1), nn.ReLU(inplace=True),
+                                  nn.Conv3d(hidden, channels, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.gate(x)
+
+
+def discrepancy_branch(channels, dim):
+    """g_aux: depthwise-separable 3D conv + squeeze-excitation + 1x1x1 conv to width d."""
+    return nn.Sequential(
+        nn.Conv3d(channels, channels, 3, padding=1, groups=channels, bias=False),
+        nn.Conv3d(channels, channels, 1, bias=False), nn.BatchNorm3d(channels), nn.ReLU(inplace=True),
+        SqueezeExcite(channels), nn.Conv3d(channels, dim, 1),
+    )
+
+
+class DualTeacher(Distiller):
+    """Teachers: `teachers[0]` the ViT V, `teachers[1]` the 3D CNN C."""
+
+    def __init__(self, student, teachers, heads, cfg):
+        super().__init__(student, teachers, heads, cfg)
+        c = self.cfg
+        if c.SDD:
+            size = (cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)
+            c_s, c_v, c_c = (probe(m, *size)["stages"][-1]["channels"] for m in (student, *self.teachers))
+            generator = torch.Generator().manual_seed(cfg.SEED)
+            self.phi_c = fixed_projection(c_c, c.SDD_DIM, generator)
+            self.phi_v = fixed_projection(c_v, c.SDD_DIM, generator)
+            if c.SDD_PHI == "learned":
+                self.phi_v.requires_grad_(True)
+            self.g_main = nn.Conv3d(c_s, c.SDD_DIM, 1)
+            self.g_aux = discrepancy_branch(c_s, c.SDD_DIM)
+
+    def forward(self, batch):
+        video, y, c = batch["video"], batch["targets"], self.cfg
+        z_v, f_v, e_v = self.run_teacher(0, video)
+        z_c, f_c, _ = self.run_teacher(1, video)
+        z_s, f_s, e_s = self.student_taps(video)
+        losses = {"ce": c.CE_WEIGHT * self.ce(z_s, y)}
+        datw, s, v, cnn = 0.0, self.split(z_s), self.split(z_v), self.split(z_c)
+        for i, h in enumerate(self.heads):
+            w = teacher_weights(v[h], cnn[h], s[h], y[h], c)
+            z_f = w[:, :1] * v[h] + w[:, 1:] * cnn[h]  # z_f = w_V z_V + w_C z_C
+            datw = datw + kd_loss(s[h], z_f, c.TEMPERATURE)  # T^2 KL(softmax(z_f / T) || p_s)
+            if i == 0:
+                self.stats = {"w_vit": w[:, 0]}
+        losses["datw"] = c.LOGIT_WEIGHT * datw
+        if c.SDD:
+            losses.update(self.sdd(f_v[-1], f_c[-1], f_s[-1]))
+        if c.RKD_WEIGHT:
+            losses["rkd"] = c.RKD_WEIGHT * rkd_loss(e_s, e_v)
+        return z_s, losses
+
+    def sdd_targets(self, f_v, f_c, grid):
+        """(r_C, r_res, phi_V f_V) on the student's grid; the targets carry no gradient."""
+        p_c = position_norm(self.phi_c(match_grid(f_c, grid)))
+        p_v = position_norm(self.phi_v(match_grid(f_v, grid)))
+        return p_c.detach(), (p_v - p_c).detach(), p_v
+
+    def sdd(self, f_v, f_c, f_s):
+        r_c, r_res, p_v = self.sdd_targets(f_v, f_c, f_s.shape[2:])
+        beta = self.cfg.FEATURE_WEIGHT
+        losses = {"sdd_main": beta * F.mse_loss(self.g_main(f_s), r_c),  # MSE(g_main(f_S), r_C)
+                  "sdd_aux": beta * F.mse_loss(self.g_aux(f_s), r_res)}  # MSE(g_aux(f_S), r_res)
+        if self.cfg.SDD_PHI == "learned":  # phi_V learns to predict phi_C(f_C) from f_V alone
+            losses["sdd_phi"] = F.mse_loss(p_v, r_c)
+        return losses

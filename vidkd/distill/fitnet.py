@@ -1,0 +1,25 @@
+"""FitNet (Romero et al., ICLR 2015) hint at the last stage: L = CE + beta * MSE(r(f_s), f_t).
+
+The student's last-stage map is pooled to the teacher's grid and mapped to its width by a 1x1x1 conv
+regressor `r` (training only); a ViT teacher's tokens arrive folded to their (T', H', W') grid.
+"""
+from vidkd.distill.base import Distiller
+from vidkd.distill.losses import Regressor, fitnet_loss, match_grid
+from vidkd.models.taps import probe
+
+
+class FitNet(Distiller):
+    def __init__(self, student, teachers, heads, cfg):
+        super().__init__(student, teachers, heads, cfg)
+        size = (cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)
+        c_s = probe(student, *size)["stages"][-1]["channels"]
+        c_t = probe(self.teachers[0], *size)["stages"][-1]["channels"]
+        self.regressor = Regressor(c_s, c_t)
+
+    def forward(self, batch):
+        _, f_t, _ = self.run_teacher(0, batch["video"])
+        z_s, f_s, _ = self.student_taps(batch["video"])
+        hint = self.regressor(match_grid(f_s[-1], f_t[-1].shape[2:]))
+        c = self.cfg
+        return z_s, {"ce": c.CE_WEIGHT * self.ce(z_s, batch["targets"]),
+                     "fitnet": c.FEATURE_WEIGHT * fitnet_loss(hint, f_t[-1])}

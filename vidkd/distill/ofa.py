@@ -1,0 +1,47 @@
+"""OFA (Hao et al., NeurIPS 2023): the OFA loss on the student's logits and on an exit branch at every stage.
+
+`L_OFA = mean_b sum_c -[(p_t + onehot)^eps - onehot]_c * log p_s,c` (METHODS.md 1). Exit of stage i (1..4):
+(4 - i) depthwise-separable stride-(1, 2, 2) conv blocks -> global average pool -> Linear, so every exit
+classifies from a map as coarse as the last stage's. Exits exist only in training.
+L = CE + alpha * (L_OFA(student) + sum_i L_OFA(exit_i)).
+"""
+import torch.nn as nn
+
+from vidkd.distill.base import Distiller
+from vidkd.distill.losses import ofa_loss
+from vidkd.models.taps import probe
+
+
+def separable_block(c_in, c_out):
+    """Depthwise 3x3x3 (spatial stride 2) -> BN -> ReLU -> pointwise -> BN -> ReLU."""
+    return nn.Sequential(
+        nn.Conv3d(c_in, c_in, 3, stride=(1, 2, 2), padding=1, groups=c_in, bias=False), nn.BatchNorm3d(c_in),
+        nn.ReLU(inplace=True), nn.Conv3d(c_in, c_out, 1, bias=False), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+def exit_branch(channels, blocks, num_classes):
+    layers = [separable_block(channels * 2**b, channels * 2 ** (b + 1)) for b in range(blocks)]
+    width = channels * 2**blocks
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+
+class OFA(Distiller):
+    def __init__(self, student, teachers, heads, cfg):
+        super().__init__(student, teachers, heads, cfg)
+        stages = probe(student, cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)["stages"]
+        n = len(stages)
+        self.exits = nn.ModuleList(exit_branch(s["channels"], n - 1 - i, sum(self.heads.values()))
+                                   for i, s in enumerate(stages))
+
+    def forward(self, batch):
+        z_t = self.run_teacher(0, batch["video"])[0]
+        z_s, features, _ = self.student_taps(batch["video"])
+        c, y = self.cfg, batch["targets"]
+
+        def ofa(s, t, y_head):
+            return ofa_loss(s, t, y_head, c.OFA_EPS)
+
+        exits = sum(self.per_head(ofa, exit(f), z_t, y) for exit, f in zip(self.exits, features))
+        return z_s, {"ce": c.CE_WEIGHT * self.ce(z_s, y), "ofa": c.LOGIT_WEIGHT * self.per_head(ofa, z_s, z_t, y),
+                     "ofa_exits": c.LOGIT_WEIGHT * exits}

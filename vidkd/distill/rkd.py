@@ -1,0 +1,10 @@
+"""RKD (Park et al., CVPR 2019) on pooled embeddings: L = CE + 25 * distance + 50 * angle term."""
+from vidkd.distill.base import Distiller
+from vidkd.distill.losses import rkd_loss
+
+
+class RKD(Distiller):
+    def forward(self, batch):
+        _, _, e_t = self.run_teacher(0, batch["video"])
+        z_s, _, e_s = self.student_taps(batch["video"])
+        return z_s, {"ce": self.cfg.CE_WEIGHT * self.ce(z_s, batch["targets"]), "rkd": rkd_loss(e_s, e_t)}
