@@ -144,6 +144,7 @@ def test_pair_topk_matches_the_full_outer_product():
 
 N, V, HEADS = 7, 3, {"verb": 4, "noun": 6}
 INVALID = {(2, 1), (5, 0), (5, 1), (5, 2)}  # video 5 has no valid view
+SCENARIOS = [(False, 1024), (False, 2), (True, 1024)]  # (sampler shuffle, pending_views)
 
 
 def dataset_items():
@@ -165,19 +166,22 @@ def run_items(ev, items, batch_size):
 
 
 def results(ev):
-    return ev.compute(), {h: ev.confusion_matrix(h) for h in HEADS}
+    return ev.compute(), {h: (ev.confusion_matrix(h), ev.scores(h)) for h in HEADS}
 
 
 def _dist_worker(rank, world, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         out = {}
-        for shuffle in (False, True):  # the test loader's sampler; it pads rank 1 with an item of rank 0
+        # the test loader's sampler pads rank 1 with an item of rank 0 (its last item); with pending_views=2
+        # rank 0 has already summed that item when synchronize() runs, so rank 1 must drop its copy
+        for scenario in SCENARIOS:
+            shuffle, pending = scenario
             items = list(DistributedSampler(range(N * V), num_replicas=world, rank=rank, shuffle=shuffle, seed=3))
-            ev = MultiViewEvaluator(N, HEADS, V)
+            ev = MultiViewEvaluator(N, HEADS, V, pending_views=pending)
             run_items(ev, items, batch_size=4)
             ev.synchronize()
-            out[shuffle] = results(ev)
+            out[scenario] = results(ev)
         ev = MultiViewEvaluator(N, HEADS, V, pending_views=0)  # the duplicate already summed on both ranks
         run_items(ev, list(DistributedSampler(range(N * V), num_replicas=world, rank=rank, shuffle=False)), 4)
         try:
@@ -198,21 +202,22 @@ def free_port():
 
 def test_synchronize_two_processes(tmp_path):
     assert N * V % 2 == 1  # so the sampler pads: one view arrives on both ranks
-    # fork: the children need not import torch again (CPU only, no CUDA state to inherit)
-    mp.start_processes(_dist_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.spawn(_dist_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     single = MultiViewEvaluator(N, HEADS, V)
     run_items(single, list(range(N * V)), batch_size=5)
-    expected, expected_cm = results(single)
+    expected, expected_heads = results(single)  # {head: (confusion, scores)}
     assert expected["num_videos"] == N - 1 and expected["num_missing"] == 1
     for rank in range(2):
         out = torch.load(tmp_path / f"rank{rank}.pt")
-        for shuffle in (False, True):
-            metrics, cm = out[shuffle]
+        for scenario in SCENARIOS:
+            metrics, per_head = out[scenario]
             assert metrics.keys() == expected.keys()
             for key, value in expected.items():
-                assert metrics[key] == pytest.approx(value), (rank, shuffle, key)
+                assert metrics[key] == pytest.approx(value), (rank, scenario, key)
             for h in HEADS:
-                assert torch.equal(cm[h], expected_cm[h])
+                assert torch.equal(per_head[h][0], expected_heads[h][0])
+                # each view counted once: the averaged probabilities match, nan for the missing video
+                assert torch.allclose(per_head[h][1], expected_heads[h][1], equal_nan=True), (rank, scenario, h)
         assert "pending_views" in out["error"]
 
 

@@ -1,60 +1,93 @@
-"""The demo on the built-in synthetic dataset (what `make demo` runs).
+"""The main job on the built-in synthetic dataset (what `make demo` runs).
 
     python tools/demo.py [--data data/synthetic] [--config configs/demo/synthetic.yaml] [KEY VALUE ...]
 
-1. writes the synthetic dataset (HMDB51 layout, real H.264 files) unless it is already there;
-2. reads its official layout into manifests (split 1), as data_prep/prepare_hmdb51.py does;
-3. checks every video (data_prep/check_videos.py);
-4. runs one epoch of the training loader and one pass of the multi-view test loader, with progress bars;
-5. writes a PNG of one training clip per class and prints a table of what it measured.
+1. writes the synthetic dataset (HMDB51 layout, real H.264 files) unless it is there, reads it into
+   manifests (split 1) and checks every video;
+2. fine-tunes the ViT teacher and the 3D-CNN teacher (MODEL.TEACHERS) with cross-entropy, or reuses them
+   when a finished run with the same config is already in OUTPUT_DIR;
+3. trains the same student (MODEL.STUDENT) four ways with the same seed and epochs: alone, KD from the
+   ViT, KD from the CNN, and the dual teacher (DATW + SDD);
+4. prints one table of test top-1 / top-5 for every model; each run's curves.png is beside its results, and
+   OUTPUT_DIR/summary.png compares them.
 """
 import argparse
+import json
 import os
 import time
 
-import torch
 from matplotlib.figure import Figure
-from tqdm import tqdm
 
 from vidkd.cli import run
 from vidkd.config import load_config
 from vidkd.data.check import check_manifest
 from vidkd.data.datasets.csv_rows import write_manifests
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
-from vidkd.data.loader import build_loader
 from vidkd.data.synthetic import make_dataset
+from vidkd.engine.plots import plot_history
+from vidkd.engine.trainer import Trainer
+from vidkd.errors import DataError
 
 
-def prepare(data_dir, manifest_dir):
+def prepare(data_dir, manifest_dir, workers):
     if not os.path.isfile(os.path.join(data_dir, "SYNTHETIC_INFO.json")):
         make_dataset(data_dir)
     manifests, missing = parse_hmdb51(os.path.join(data_dir, "videos"), os.path.join(data_dir, "splits"), 1)
     write_manifests(manifest_dir, manifests.values(), missing)
-    return manifests
+    bad = [c for m in manifests.values() for c in check_manifest(m, workers) if c[1] != "ok"]
+    if bad:
+        raise DataError("videos of the synthetic set fail the check:\n" + "\n".join(map(str, bad)))
 
 
-def run_epoch(loader, desc):
-    """Iterate one epoch; returns (clips, seconds, one batch kept for the picture)."""
-    loader.set_epoch(0)
-    clips, first, start = 0, None, time.perf_counter()
-    for batch in tqdm(loader, desc=desc, unit="batch"):
-        clips += len(batch["video"])
-        first = first or batch
-    return clips, time.perf_counter() - start, first
+def runs(cfg, teacher_epochs):
+    """(run name, what it is, overrides) in training order; the students use the teachers' exports."""
+    vit, cnn = cfg.MODEL.TEACHERS
+    out = cfg.OUTPUT_DIR
+    ckpts = f"[{out}/teacher_vit/student.pt, {out}/teacher_cnn/student.pt]"
+    teacher = ["DISTILL.METHOD", "ce", "TRAIN.EPOCHS", str(teacher_epochs)]
+    student = ["MODEL.TEACHER_CHECKPOINTS", ckpts]
+    return [
+        ("teacher_vit", f"ViT teacher {vit}", teacher + ["MODEL.STUDENT", vit]),
+        ("teacher_cnn", f"3D-CNN teacher {cnn}", teacher + ["MODEL.STUDENT", cnn]),
+        ("student_alone", "student alone (CE)", ["DISTILL.METHOD", "ce"]),
+        ("student_kd_vit", "student, KD from the ViT", student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "0"]),
+        ("student_kd_cnn", "student, KD from the CNN", student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "1"]),
+        ("student_dual", "student, dual teacher (DATW + SDD)", student + ["DISTILL.METHOD", "dual_teacher"]),
+    ]
 
 
-def plot_clips(batch, classes, mean, std, path):
-    """One row per clip (its class as the title), one column per frame."""
-    video = batch["video"] * torch.tensor(std).view(1, 3, 1, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1, 1)
-    rows, frames = video.shape[0], video.shape[2]
-    fig = Figure(figsize=(1.4 * frames, 1.5 * rows))
-    axes = fig.subplots(rows, frames, squeeze=False)
-    for r in range(rows):
-        for t in range(frames):
-            axes[r, t].imshow(video[r, :, t].permute(1, 2, 0).clamp(0, 1).numpy())
-            axes[r, t].axis("off")
-        axes[r, 0].set_title(classes[int(batch["targets"]["label"][r])], fontsize=8, loc="left")
-    fig.suptitle("training clips (frame order left to right)")
+def train_or_reuse(config_path, overrides, out_dir):
+    """Train one run, or reuse its results when a finished run with the same config is in `out_dir`."""
+    cfg = load_config(config_path, overrides + ["OUTPUT_DIR", out_dir])
+    results = os.path.join(out_dir, "results.json")
+    if os.path.isfile(results):
+        with open(results) as f:
+            done = json.load(f)
+        if done["config"] == cfg.dump():
+            return done, True
+    if os.path.isdir(out_dir):
+        import shutil
+
+        shutil.rmtree(out_dir)
+    start = time.time()
+    trainer = Trainer(cfg, resume="none")
+    metrics = trainer.fit()
+    params = sum(p.numel() for p in trainer.eval_model().parameters()) / 1e6
+    plot_history(trainer.history, os.path.join(out_dir, "curves.png"), out_dir)
+    done = {"config": cfg.dump(), "metrics": metrics, "model": cfg.MODEL.STUDENT, "params_m": params,
+            "method": cfg.DISTILL.METHOD, "minutes": (time.time() - start) / 60}
+    with open(results, "w") as f:
+        json.dump(done, f)
+    return done, False
+
+
+def plot_summary(rows, path):
+    fig = Figure(figsize=(9, 4))
+    ax = fig.subplots()
+    ax.barh([r[0] for r in rows][::-1], [r[1]["metrics"]["top1"] for r in rows][::-1], color="tab:blue")
+    for i, r in enumerate(rows[::-1]):
+        ax.text(r[1]["metrics"]["top1"] + 0.5, i, f"{r[1]['metrics']['top1']:.1f}", va="center")
+    ax.set(xlabel="test top-1 (%)", xlim=(0, 105), title="synthetic motion classes: teachers and students")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
@@ -63,39 +96,31 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/synthetic", help="where the synthetic dataset is (or is written)")
     p.add_argument("--config", default="configs/demo/synthetic.yaml")
+    p.add_argument("--teacher-epochs", type=int, default=0, help="teachers' epochs (default: TRAIN.EPOCHS)")
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
     args = p.parse_args(argv)
+    start = time.time()
     cfg = load_config(args.config, args.overrides)
-    manifests = prepare(args.data, cfg.DATA.MANIFEST_DIR)
-    classes = manifests["train"].label_sets["label"]
-
-    checked = check_manifest(manifests["train"], cfg.DATA.NUM_WORKERS) + check_manifest(
-        manifests["test"], cfg.DATA.NUM_WORKERS)
-    bad = [c for c in checked if c[1] != "ok"]
-    train = build_loader(cfg, train=True)
-    test = build_loader(cfg, train=False)
-    train_clips, train_s, batch = run_epoch(train, "train loader")
-    test_views, test_s, _ = run_epoch(test, "test loader")
-
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    png = os.path.join(cfg.OUTPUT_DIR, "train_clips.png")
-    plot_clips(batch, classes, cfg.DATA.MEAN, cfg.DATA.STD, png)
-    d, t = cfg.DATA, cfg.TEST
-    rows = [
-        ("classes", len(classes)),
-        ("videos (train / test, split 1)", f"{len(manifests['train'].samples)} / {len(manifests['test'].samples)}"),
-        ("videos that fail the check", len(bad)),
-        ("clip (train)", f"{d.NUM_FRAMES}x{d.SAMPLING_RATE} {d.SAMPLING}, crop {d.TRAIN_CROP_SIZE}"),
-        ("training clips / s", f"{train_clips / train_s:.1f} ({train_clips} clips, {d.NUM_WORKERS} workers)"),
-        ("test views / video", f"{t.NUM_CLIPS} clips x {t.NUM_CROPS} crops"),
-        ("test views / s", f"{test_views / test_s:.1f} ({test_views} views)"),
-        ("failed decodes (train, test)", f"{train.tracker.count}, {test.tracker.count}"),
-        ("batch tensor", f"{list(batch['video'].shape)} {batch['video'].dtype}"),
-        ("picture", png),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    return 1 if bad else 0
+    prepare(args.data, cfg.DATA.MANIFEST_DIR, cfg.DATA.NUM_WORKERS)
+    rows = []
+    for name, what, overrides in runs(cfg, args.teacher_epochs or cfg.TRAIN.EPOCHS):
+        print(f"\n=== {what} ===")
+        done, reused = train_or_reuse(args.config, args.overrides + overrides, os.path.join(cfg.OUTPUT_DIR, name))
+        rows.append((what, done, reused))
+    plot_summary(rows, os.path.join(cfg.OUTPUT_DIR, "summary.png"))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'model':<{width}}  {'network':<16}{'params (M)':>11}{'top-1':>8}{'top-5':>8}{'minutes':>9}")
+    for what, done, reused in rows:
+        m = done["metrics"]
+        note = " (reused)" if reused else ""
+        print(f"{what:<{width}}  {done['model']:<16}{done['params_m']:>11.2f}{m['top1']:>8.1f}{m.get('top5', 0):>8.1f}"
+              f"{done['minutes']:>9.1f}{note}")
+    alone, dual = rows[2][1]["metrics"]["top1"], rows[5][1]["metrics"]["top1"]
+    print(f"\ndual teacher - student alone: {dual - alone:+.1f} points top-1 "
+          f"({cfg.TEST.NUM_CLIPS} clips x {cfg.TEST.NUM_CROPS} crops, {rows[2][1]['metrics']['num_videos']} test videos)")
+    print(f"plots: {cfg.OUTPUT_DIR}/summary.png and {cfg.OUTPUT_DIR}/<run>/curves.png; "
+          f"total {(time.time() - start) / 60:.1f} min")
+    return 0
 
 
 if __name__ == "__main__":

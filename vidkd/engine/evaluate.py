@@ -123,8 +123,8 @@ class MultiViewEvaluator:
             known = self._targets[head][index]
             clash = (known >= 0) & (known != t)
             if clash.any():
-                n = int(index[clash][0])
-                raise ValueError(f"sample {n} arrived with {head} target {int(t[clash][0])} after {int(known[clash][0])}")
+                n, new, old = int(index[clash][0]), int(t[clash][0]), int(known[clash][0])
+                raise ValueError(f"sample {n} arrived with {head} target {new} after {old}")
             self._targets[head][index] = t
 
     @staticmethod
@@ -200,6 +200,16 @@ class MultiViewEvaluator:
             raise ValueError(f"{int(bad.sum())} evaluated samples have no valid {head} target "
                              f"(0..{hi - lo - 1}), e.g. {targets[bad][:5].tolist()}")
         return scores[:, lo:hi], targets
+
+    def scores(self, head):
+        """Averaged probabilities of every sample, float64 [N, K]; rows of missing samples are nan."""
+        if head not in self.heads:
+            raise KeyError(f"unknown head {head!r}; heads: {list(self.heads)}")
+        scores, evaluated = self._evaluated()
+        lo, hi = self._offsets[head]
+        out = torch.full((self.num_samples, hi - lo), float("nan"), dtype=torch.float64)
+        out[evaluated] = scores[:, lo:hi]
+        return out
 
     def confusion_matrix(self, head):
         """LongTensor [K, K] over the evaluated videos: rows = true class, columns = top-1 prediction."""

@@ -212,6 +212,17 @@ class Trainer:
         """The model evaluated and exported: the EMA of the student when on, else the student."""
         return self.ema.module if self.ema is not None else self.distiller.student
 
+    def _synchronize_models(self):
+        """Average the ranks' batch-norm statistics (each rank's come from its own batches: DeepSpeed does not
+        broadcast buffers), then check that the ranks hold the same student (and EMA); raises if not. Returns
+        the checksum of the evaluated model (the sum of its state dict's entries)."""
+        models = [("student", self.distiller.student)] + ([("EMA student", self.ema.module)] if self.ema else [])
+        checksum = None
+        for what, model in models:
+            distributed.average_batchnorm_stats(model, self.device)
+            checksum = distributed.check_replicas(model, self.device, what)
+        return checksum
+
     def fit(self):
         """Train from `start_epoch` to TRAIN.EPOCHS; returns the final test metrics."""
         from torch.utils.tensorboard import SummaryWriter
@@ -222,6 +233,7 @@ class Trainer:
         for epoch in range(self.start_epoch, t.EPOCHS):
             start = time.time()
             record = self.train_epoch(epoch)
+            record["student_checksum"] = self._synchronize_models()
             last = epoch + 1 == t.EPOCHS
             if last or (epoch + 1) % t.EVAL_PERIOD == 0:
                 metrics, _ = evaluate(self.eval_model(), self.test_loader, self.heads, self.device,
@@ -242,8 +254,9 @@ class Trainer:
     def _log(self, record, writer):
         with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
+        shown = {k: v for k, v in record.items() if k != "student_checksum"}  # the checksum is in metrics.jsonl only
+        for key, value in shown.items():
             if isinstance(value, (int, float)):
                 writer.add_scalar(key, value, record["epoch"])
-        line = "  ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and "hist" not in k)
+        line = "  ".join(f"{k}={v:.4g}" for k, v in shown.items() if isinstance(v, float) and "hist" not in k)
         tqdm.write(f"epoch {record['epoch']}: {line}")
