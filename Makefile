@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/demo.py --data $(DATA)
+	OMP_NUM_THREADS=2 $(PY) tools/demo.py --data $(DATA)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

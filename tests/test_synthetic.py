@@ -92,7 +92,7 @@ def test_motion_is_what_the_class_says(name):
         video, params = render_video(name, np.random.default_rng(seed), H, W, T, return_params=True)
         assert video.shape == (T, H, W, 3) and video.dtype == np.uint8
         mask = params["mask"]
-        # The mask is what was drawn: one flat colour plus noise (sigma 6) under it.
+        # The mask is what was drawn: one flat colour plus noise (sigma NOISE_SIGMA) under it.
         assert np.mean([video[t][mask[t]].std(axis=0).max() for t in range(T)]) < 9
         x, y, area, phi = np.array([_moments(m) for m in mask]).T
         t = np.arange(T)

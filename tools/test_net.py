@@ -26,7 +26,7 @@ from vidkd.engine import distributed
 from vidkd.engine.evaluate import plot_confusion
 from vidkd.engine.trainer import evaluate
 from vidkd.errors import CheckpointError, ConfigError
-from vidkd.models import MODELS, build_model
+from vidkd.models import MODELS, build_from_config
 from vidkd.models.checkpoint import load_checkpoint
 
 log = logging.getLogger("vidkd.test")
@@ -127,7 +127,7 @@ def main(argv=None):
         log.warning("DATA.TEST_CROP_SIZE %d != DATA.TRAIN_CROP_SIZE %d: the model is built for %d-pixel crops "
                     "(pooling and position tables follow the crop size)", d.TEST_CROP_SIZE, d.TRAIN_CROP_SIZE,
                     d.TEST_CROP_SIZE)
-    model = build_model(name, sum(heads.values()), d.NUM_FRAMES, d.TEST_CROP_SIZE)
+    model = build_from_config(cfg, name, sum(heads.values()), d.TEST_CROP_SIZE)
     report = load_checkpoint(model, args.checkpoint, cfg.MODEL.PARTIAL_LOAD)
     if rank == 0:
         log.info("%s from %s: %s", name, args.checkpoint, report)

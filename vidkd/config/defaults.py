@@ -73,6 +73,8 @@ _C.MODEL.NUM_CLASSES = 0
 _C.MODEL.STUDENT_CHECKPOINT = ""
 # Checkpoints of the teachers, in the order of MODEL.TEACHERS; "" starts from random weights.
 _C.MODEL.TEACHER_CHECKPOINTS = ["", ""]
+# Patch size (pixels) of the VideoMAE ViTs; 0 keeps 16, the size of the official checkpoints.
+_C.MODEL.VIT_PATCH_SIZE = 0
 # Allow a checkpoint that fills only part of a model (e.g. a backbone without its head).
 _C.MODEL.PARTIAL_LOAD = False
 

@@ -31,7 +31,11 @@ SIZE_RANGE = (0.07, 0.2)  # object half-size as a fraction of min(height, width)
 SPEED = (1.5, 2.5)        # translation, px / frame
 SCALE_RATE = (0.02, 0.03)  # d log(size) / frame: 2-3 % per frame
 SPIN = (4.0, 8.0)         # rotation, degrees / frame
-NOISE_SIGMA = 6.0         # Gaussian pixel noise, in 0-255 units
+NOISE_SIGMA = 4.0         # Gaussian pixel noise, in 0-255 units
+# Colour ranges per channel: a dark background, mid-bright clutter, and the brightest object the target, so a
+# motion detector needs one contrast polarity (with random colours in all three, from-scratch 3D CNNs did not
+# learn the classes within a CPU demo's budget: 18 % train accuracy after 500 steps, against 98 % with these).
+BACKGROUND, CLUTTER, TARGET = (0, 70), (80, 150), (190, 255)
 
 
 def _path(rng, lo, hi, rate_range, frames):
@@ -90,12 +94,9 @@ def _draw_mask(shape, xs, ys, x, y, size, angle):
     return _shape_mask(shape, (dx * c + dy * s) / size, (dy * c - dx * s) / size)
 
 
-def _colour(rng, away_from, min_dist):
-    """A random RGB colour at least `min_dist` (Euclidean, 0-255) away from `away_from`."""
-    while True:
-        colour = rng.uniform(0, 255, 3)
-        if np.linalg.norm(colour - away_from) >= min_dist:
-            return colour.astype(np.float32)
+def _colour(rng, brightness):
+    """A random RGB colour with every channel in the `brightness` range (0-255)."""
+    return rng.uniform(*brightness, 3).astype(np.float32)
 
 
 def render_video(class_name, rng, height, width, frames, return_params=False):
@@ -103,23 +104,22 @@ def render_video(class_name, rng, height, width, frames, return_params=False):
     params = sample_params(class_name, rng, height, width, frames)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     side = min(height, width)
-    background = rng.uniform(0, 255, 3).astype(np.float32)
     canvas = np.empty((height, width, 3), np.float32)
-    canvas[:] = background
+    canvas[:] = _colour(rng, BACKGROUND)
     for _ in range(rng.integers(2, 5)):  # static distractors, smaller than the target
         shape = DISTRACTOR_SHAPES[rng.integers(len(DISTRACTOR_SHAPES))]
         mask = _draw_mask(shape, xs, ys, rng.uniform(0, width), rng.uniform(0, height),
                           rng.uniform(0.05, 0.12) * side, rng.uniform(0, 360))[0]
-        canvas[mask] = _colour(rng, background, 60)
+        canvas[mask] = _colour(rng, CLUTTER)
     video = np.repeat(canvas[None], frames, axis=0)
     # Jittering distractor: i.i.d. offsets around a fixed anchor, so no consistent direction of motion.
     shape = DISTRACTOR_SHAPES[rng.integers(len(DISTRACTOR_SHAPES))]
     jitter = _draw_mask(shape, xs, ys, rng.uniform(0.1, 0.9) * width + rng.normal(0, 1.5, frames),
                         rng.uniform(0.1, 0.9) * height + rng.normal(0, 1.5, frames),
                         np.full(frames, rng.uniform(0.05, 0.12) * side), rng.uniform(0, 360) + rng.normal(0, 4, frames))
-    video[jitter] = _colour(rng, background, 60)
+    video[jitter] = _colour(rng, CLUTTER)
     mask = _draw_mask(params["shape"], xs, ys, params["x"], params["y"], params["size"], params["angle"])
-    video[mask] = _colour(rng, background, 120)  # the target is drawn on top, never occluded
+    video[mask] = _colour(rng, TARGET)  # the target is drawn on top, never occluded
     video += NOISE_SIGMA * rng.standard_normal(video.shape, dtype=np.float32)
     video = np.clip(np.rint(video), 0, 255).astype(np.uint8)
     return (video, {**params, "mask": mask}) if return_params else video

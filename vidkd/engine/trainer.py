@@ -18,7 +18,7 @@ from vidkd.distill.build import build_distiller, teachers_needed
 from vidkd.engine import distributed
 from vidkd.engine.evaluate import MultiViewEvaluator
 from vidkd.errors import ConfigError
-from vidkd.models import MODELS, build_model
+from vidkd.models import MODELS, build_from_config
 from vidkd.models.checkpoint import load_checkpoint, save_model
 
 log = logging.getLogger("vidkd.engine")
@@ -81,14 +81,13 @@ def deepspeed_config(cfg, device):
 
 def build_models(cfg, heads):
     """The student and the teachers the method needs, checkpoints loaded."""
-    k, size = sum(heads.values()), (cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)
-    m = cfg.MODEL
-    student = build_model(m.STUDENT, k, *size)
+    k, m = sum(heads.values()), cfg.MODEL
+    student = build_from_config(cfg, m.STUDENT, k)
     if m.STUDENT_CHECKPOINT:
         log.info("student: %s", load_checkpoint(student, m.STUDENT_CHECKPOINT, m.PARTIAL_LOAD))
     teachers = []
     for i in teachers_needed(cfg):
-        teacher = build_model(m.TEACHERS[i], k, *size)
+        teacher = build_from_config(cfg, m.TEACHERS[i], k)
         if m.TEACHER_CHECKPOINTS[i]:
             report = load_checkpoint(teacher, m.TEACHER_CHECKPOINTS[i], m.PARTIAL_LOAD)
             log.info("teacher %s: %s", m.TEACHERS[i], report)

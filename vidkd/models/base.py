@@ -31,6 +31,14 @@ def build_model(name, num_classes, num_frames=16, crop_size=224, **kwargs):
     return model
 
 
+def build_from_config(cfg, name, num_classes, crop_size=None):
+    """`name` built for the config's clip (DATA.NUM_FRAMES x DATA.TRAIN_CROP_SIZE, or `crop_size`); a VideoMAE
+    ViT also takes MODEL.VIT_PATCH_SIZE when it is set."""
+    patch = cfg.MODEL.VIT_PATCH_SIZE
+    kwargs = {"patch_size": patch} if patch and name.startswith("videomae") else {}
+    return build_model(name, num_classes, cfg.DATA.NUM_FRAMES, crop_size or cfg.DATA.TRAIN_CROP_SIZE, **kwargs)
+
+
 class VideoModel(nn.Module):
     """Base class. Subclasses set `stage_names` and `head_name`; a token model also sets `token_grid`
     (T', H', W') in its forward, for the taps to fold tokens back to a grid."""
