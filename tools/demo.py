@@ -14,6 +14,7 @@
 import argparse
 import json
 import os
+import shutil
 import time
 
 from matplotlib.figure import Figure
@@ -50,8 +51,10 @@ def runs(cfg, teacher_epochs):
         ("teacher_vit", f"ViT teacher {vit}", teacher + ["MODEL.STUDENT", vit]),
         ("teacher_cnn", f"3D-CNN teacher {cnn}", teacher + ["MODEL.STUDENT", cnn]),
         ("student_alone", "student alone (CE)", ["DISTILL.METHOD", "ce"]),
-        ("student_kd_vit", "student, KD from the ViT", student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "0"]),
-        ("student_kd_cnn", "student, KD from the CNN", student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "1"]),
+        ("student_kd_vit", "student, KD from the ViT",
+         student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "0"]),
+        ("student_kd_cnn", "student, KD from the CNN",
+         student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "1"]),
         ("student_dual", "student, dual teacher (DATW + SDD)", student + ["DISTILL.METHOD", "dual_teacher"]),
     ]
 
@@ -66,8 +69,6 @@ def train_or_reuse(config_path, overrides, out_dir):
         if done["config"] == cfg.dump():
             return done, True
     if os.path.isdir(out_dir):
-        import shutil
-
         shutil.rmtree(out_dir)
     start = time.time()
     trainer = Trainer(cfg, resume="none")
@@ -113,8 +114,8 @@ def main(argv=None):
     for what, done, reused in rows:
         m = done["metrics"]
         note = " (reused)" if reused else ""
-        print(f"{what:<{width}}  {done['model']:<16}{done['params_m']:>11.2f}{m['top1']:>8.1f}{m.get('top5', 0):>8.1f}"
-              f"{done['minutes']:>9.1f}{note}")
+        print(f"{what:<{width}}  {done['model']:<16}{done['params_m']:>11.2f}{m['top1']:>8.1f}"
+              f"{m.get('top5', 0):>8.1f}{done['minutes']:>9.1f}{note}")
     alone, dual = rows[2][1]["metrics"]["top1"], rows[5][1]["metrics"]["top1"]
     print(f"\ndual teacher - student alone: {dual - alone:+.1f} points top-1 "
           f"({cfg.TEST.NUM_CLIPS} clips x {cfg.TEST.NUM_CROPS} crops, {rows[2][1]['metrics']['num_videos']} test videos)")
