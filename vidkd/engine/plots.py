@@ -6,8 +6,8 @@ def plot_history(history, path, title=""):
     """Loss terms per epoch, test top-1, and the mean and last-epoch histogram of w_V (when logged)."""
     epochs = [r["epoch"] for r in history]
     has_w = any("datw/w_vit_mean" in r for r in history)
-    fig = Figure(figsize=(5 * (3 if has_w else 2), 4))
-    axes = fig.subplots(1, 3 if has_w else 2)
+    fig = Figure(figsize=(5 * (4 if has_w else 2), 4))
+    axes = fig.subplots(1, 4 if has_w else 2)
     for key in sorted({k for r in history for k in r if k.startswith("loss/")}):
         axes[0].plot(epochs, [r.get(key) for r in history], label=key[5:])
     axes[0].set(xlabel="epoch", ylabel="loss (epoch mean)", title="training losses")
@@ -20,14 +20,14 @@ def plot_history(history, path, title=""):
     axes[1].legend(fontsize=8)
     if has_w:
         logged = [r for r in history if "datw/w_vit_mean" in r]
-        axes[2].plot([r["epoch"] for r in logged], [r["datw/w_vit_mean"] for r in logged], marker="o",
-                     label="mean w_V per epoch")
+        axes[2].plot([r["epoch"] for r in logged], [r["datw/w_vit_mean"] for r in logged], marker="o")
+        axes[2].set(xlabel="epoch", ylabel="mean w_V", title="DATW weight of the ViT teacher", ylim=(0, 1))
         hist = logged[-1]["datw/w_vit_hist"]
         total = sum(hist) or 1
-        axes[2].bar([(i + 0.5) / len(hist) for i in range(len(hist))], [h / total for h in hist],
-                    width=0.9 / len(hist), alpha=0.4, label=f"w_V histogram, epoch {logged[-1]['epoch']}")
-        axes[2].set(xlabel="w_V (ViT teacher weight)", title="DATW teacher weights", xlim=(0, 1))
-        axes[2].legend(fontsize=8)
+        axes[3].bar([(i + 0.5) / len(hist) for i in range(len(hist))], [h / total for h in hist],
+                    width=0.9 / len(hist))
+        axes[3].set(xlabel="w_V", ylabel="fraction of clips", xlim=(0, 1),
+                    title=f"w_V histogram, epoch {logged[-1]['epoch']}")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
