@@ -22,6 +22,7 @@ from vidkd.config import load_config
 from vidkd.errors import ConfigError
 from vidkd.profiling import count_flops, measure_latency, peak_memory_mb  # first: fvcore.nn imported quietly
 from vidkd.models import MODELS, build_model  # noqa: I001
+from vidkd.models.base import config_kwargs
 
 
 def profile(name, kwargs, shape, batch, runs, devices):
@@ -68,7 +69,7 @@ def main():
 
     results = {}
     for name in tqdm(names, desc="profiling"):
-        results[name] = profile(name, kwargs, shape, batch, args.runs, devices)
+        results[name] = profile(name, {**kwargs, **config_kwargs(cfg, name)}, shape, batch, args.runs, devices)
         results[name]["gflops_per_video"] = results[name]["gflops"] * views
 
     print(f"\nclip {list(shape)}, {views} views per video, latency: median of {args.runs} forwards (ms)")

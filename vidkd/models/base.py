@@ -31,12 +31,16 @@ def build_model(name, num_classes, num_frames=16, crop_size=224, **kwargs):
     return model
 
 
-def build_from_config(cfg, name, num_classes, crop_size=None):
-    """`name` built for the config's clip (DATA.NUM_FRAMES x DATA.TRAIN_CROP_SIZE, or `crop_size`); a VideoMAE
-    ViT also takes MODEL.VIT_PATCH_SIZE when it is set."""
+def config_kwargs(cfg, name):
+    """Builder options the config sets for `name`: MODEL.VIT_PATCH_SIZE for a VideoMAE ViT when it is set."""
     patch = cfg.MODEL.VIT_PATCH_SIZE
-    kwargs = {"patch_size": patch} if patch and name.startswith("videomae") else {}
-    return build_model(name, num_classes, cfg.DATA.NUM_FRAMES, crop_size or cfg.DATA.TRAIN_CROP_SIZE, **kwargs)
+    return {"patch_size": patch} if patch and name.startswith("videomae") else {}
+
+
+def build_from_config(cfg, name, num_classes, crop_size=None):
+    """`name` built for the config's clip (DATA.NUM_FRAMES x DATA.TRAIN_CROP_SIZE, or `crop_size`)."""
+    return build_model(name, num_classes, cfg.DATA.NUM_FRAMES, crop_size or cfg.DATA.TRAIN_CROP_SIZE,
+                       **config_kwargs(cfg, name))
 
 
 class VideoModel(nn.Module):
