@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vidkd.models.base import split_heads
 from vidkd.models.taps import FeatureTaps
 
 
@@ -36,7 +37,7 @@ class Distiller(nn.Module):
 
     def split(self, logits):
         """`{head: [B, K_head]}` from the side-by-side logits."""
-        return dict(zip(self.heads, logits.split(list(self.heads.values()), dim=1)))
+        return split_heads(logits, self.heads)
 
     @torch.no_grad()
     def run_teacher(self, k, video):

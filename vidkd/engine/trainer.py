@@ -19,6 +19,7 @@ from vidkd.engine import distributed
 from vidkd.engine.evaluate import MultiViewEvaluator
 from vidkd.errors import ConfigError
 from vidkd.models import MODELS, build_from_config
+from vidkd.models.base import split_heads
 from vidkd.models.checkpoint import load_checkpoint, save_model
 
 log = logging.getLogger("vidkd.engine")
@@ -107,8 +108,7 @@ def evaluate(model, loader, heads, device, desc="test", show=True):
     dtype = next(model.parameters()).dtype
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not show, leave=False):
         logits = model(batch["video"].to(device, dtype, non_blocking=True)).float()
-        split = dict(zip(heads, logits.split(list(heads.values()), dim=1)))
-        evaluator.update(batch["index"], batch["view"], batch["valid"], batch["targets"], split)
+        evaluator.update(batch["index"], batch["view"], batch["valid"], batch["targets"], split_heads(logits, heads))
     evaluator.synchronize()
     return evaluator.compute(), evaluator
 

@@ -69,6 +69,11 @@ class Wrapped(VideoModel):
         return self.net(self.prepare(x) if self.prepare else x)
 
 
+def split_heads(logits, heads):
+    """Side-by-side logits `[B, sum K]` of several label sets (EPIC: verb, noun) -> `{head: [B, K_head]}`."""
+    return dict(zip(heads, logits.split(list(heads.values()), dim=1)))
+
+
 def replace_head(model, num_classes):
     """A fresh classifier for `num_classes` (e.g. a Kinetics-400 teacher moved to HMDB51); a Linear, or a
     1x1x1 Conv3d where the network classifies with one (S3D)."""
