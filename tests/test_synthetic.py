@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from vidkd.data.synthetic import CLASSES, make_dataset, render_video, sample_params
+from vidkd.data.synthetic import CLASSES, dataset_info, make_dataset, render_video, sample_params
 
 SMALL = dict(videos_per_class=3, height=48, width=64, frames=20, fps=25, progress=False)
 H, W, T = 48, 64, 20
@@ -46,6 +46,8 @@ def test_hmdb51_layout(datasets):
     root = datasets["a"]
     info = json.load(open(os.path.join(root, "SYNTHETIC_INFO.json")))
     assert info["seed"] == 0 and info["frames"] == T and info["classes"] == list(CLASSES) and info["num_videos"] == 24
+    # what the demo compares with to decide whether a dataset on disk is today's default one
+    assert info == dataset_info(3, 0, H, W, T, 25) != dataset_info()
     assert sorted(os.listdir(os.path.join(root, "videos"))) == sorted(CLASSES)
     assert len(os.listdir(os.path.join(root, "splits"))) == 3 * len(CLASSES)
     for name in CLASSES:
@@ -75,6 +77,22 @@ def test_decodes_with_pyav(datasets):
     assert all(f.to_ndarray(format="rgb24").shape == (H, W, 3) for f in frames)
     keys = [i for i, f in enumerate(frames) if f.key_frame]
     assert keys[0] == 0 and max(np.diff(keys + [T])) <= 16
+
+
+def test_xvid_avi_like_hmdb51_decodes_alike_on_both_backends(tmp_path):
+    from vidkd.data.decoders import DecordReader, PyAVReader
+
+    info = make_dataset(str(tmp_path), **{**SMALL, "videos_per_class": 1}, codec="xvid", bit_rate=500_000)
+    path = os.path.join(tmp_path, "videos", "approach", "approach_000.avi")
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "mpeg4" and stream.codec_context.codec_tag == "XVID"
+    assert info["codec"] == "xvid" and "approach_000.avi 1" in open(tmp_path / "splits" / "approach_test_split1.txt").read()
+    indices = [0, 3, 11, 19]
+    frames = PyAVReader(path).get_frames(indices)
+    assert frames.shape == (4, H, W, 3) and (frames == DecordReader(path).get_frames(indices)).all()
+    with pytest.raises(ValueError, match="codec"):
+        make_dataset(str(tmp_path / "x"), **SMALL, codec="vp9")
 
 
 def _moments(mask):

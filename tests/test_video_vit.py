@@ -122,3 +122,31 @@ def test_drop_path_schedule_and_init():
     # trunc_normal(std .02) * init_scale
     assert float(model.head.weight.detach().std()) == pytest.approx(0.02 * 0.001, rel=0.2)
     assert not model.head.bias.any()
+
+
+def test_conv_stem_same_tokens_and_patch_stem_keeps_official_keys():
+    patch, conv = tiny(), tiny(stem="conv")
+    assert not any(k.startswith("patch_embed.stem") for k in patch.state_dict())  # official key set unchanged
+    # D/8 and D/4 channels (D = 192), each conv halving H and W; then a 2 x 16/4 x 16/4 cube conv
+    widths = [m.out_channels for m in conv.patch_embed.stem if isinstance(m, torch.nn.Conv3d)]
+    assert widths == [24, 48] and conv.patch_embed.proj.kernel_size == (2, 4, 4)
+    x = torch.randn(2, 3, 4, 32, 32)
+    tokens = conv.patch_embed(x)
+    assert tokens.shape == patch.patch_embed(x).shape == (2, 8, 192)
+    assert conv.eval()(x).shape == (2, 5)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        videomae_vit_ti(5, num_frames=4, crop_size=36, patch_size=6, stem="conv")
+    with pytest.raises(ValueError, match="'patch' or 'conv'"):
+        tiny(stem="hybrid")
+
+
+def test_config_sets_stem_depth_and_head_scale():
+    from vidkd.config import load_config
+    from vidkd.models.base import build_from_config
+
+    cfg = load_config(None, ["DATA.NUM_FRAMES", "4", "DATA.TRAIN_CROP_SIZE", "32", "MODEL.VIT_PATCH_SIZE", "8",
+                             "MODEL.VIT_STEM", "conv", "MODEL.VIT_DEPTH", "2", "MODEL.VIT_HEAD_INIT_SCALE", "1.0"])
+    model = build_from_config(cfg, "videomae_vit_ti", 5)
+    assert len(model.blocks) == 2 and model.token_grid == (2, 4, 4) and len(model.patch_embed.stem) == 6
+    assert float(model.head.weight.detach().std()) == pytest.approx(0.02, rel=0.2)  # init_scale 1
+    assert build_from_config(cfg, "c3d_tiny", 5).head.out_features == 5  # the ViT keys leave CNNs alone

@@ -1,13 +1,14 @@
 """Clips per second of the vidkd training loader vs pytorchvideo's LabeledVideoDataset (PyAV decoder).
 
-    python tools/benchmark_data.py [--videos DIR] [--clips 400] [--workers 2]
+    python tools/benchmark_data.py [--videos DIR] [--codec xvid|h264] [--clips 400] [--workers 2]
 
 Both read the same files with the same clip spec (16 frames x stride 4, random resized 112 crop,
 normalised) and the same number of loader workers; both produce [B, 3, 16, 112, 112] float batches.
-Without --videos, a synthetic set like HMDB51's files is written to data/bench: 240x320, 3 s at 30 fps,
-H.264 at 0.7 Mb/s (HMDB51: about 2 GB for 6,766 clips of about 3 s). The decoding cost, and so the ratio,
-depends on the bit rate: at 2 Mb/s of pixel noise both loaders are decode-bound. vidkd is timed with both
-its decoders. Target: vidkd (default decoder) at least 3x pytorchvideo.
+Without --videos, a synthetic set like HMDB51's files is written to data/bench/<codec>: 240x320, 3 s at
+30 fps, 0.7 Mb/s (HMDB51: about 2 GB for 6,766 clips of about 3 s), as MPEG-4 Part 2 AVI with the XVID tag
+like HMDB51's own files (default), or as H.264 mp4 (`--codec h264`, B-frames: the harder case, where both
+loaders spend most of their time in the H.264 decoder). vidkd is timed with both its decoders.
+Target: vidkd (default decoder) at least 3x pytorchvideo.
 """
 import argparse
 import os
@@ -26,12 +27,12 @@ from vidkd.data.transforms import TrainTransform
 CLIP = dict(num_frames=16, rate=4, crop=112, mean=[0.45] * 3, std=[0.225] * 3, batch=8)
 
 
-def prepare(videos_dir):
+def prepare(videos_dir, codec):
     if videos_dir is None:
-        videos_dir = "data/bench"
+        videos_dir = f"data/bench/{codec}"
         if not os.path.isdir(os.path.join(videos_dir, "splits")):
             make_dataset(videos_dir, videos_per_class=16, seed=1, height=240, width=320, frames=90, fps=30,
-                         bit_rate=700_000)
+                         bit_rate=700_000, codec=codec)
     manifests, _ = parse_hmdb51(os.path.join(videos_dir, "videos"), os.path.join(videos_dir, "splits"))
     train = manifests["train"]
     train.save(os.path.join(videos_dir, "manifests", "train.json"))
@@ -95,17 +96,20 @@ def epochs(loader):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", help="an HMDB51-layout folder (videos/, splits/); default: synthetic 240x320")
+    p.add_argument("--codec", choices=("xvid", "h264"), default="xvid", help="codec of the synthetic files")
     p.add_argument("--clips", type=int, default=400, help="clips to time for each loader")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    manifest, manifest_dir = prepare(args.videos)
+    manifest, manifest_dir = prepare(args.videos, args.codec)
     fps = 30.0
     rates = {f"vidkd ({d})": clips_per_second(epochs(vidkd_loader(manifest_dir, args.workers, d)), args.clips)
              for d in ("decord", "pyav")}
     base = clips_per_second(pytorchvideo_loader(manifest, args.workers, fps), args.clips)
     rates["pytorchvideo LabeledVideoDataset"] = base
-    print(f"\n{len(manifest.samples)} videos, clip 16x4 at 112 px, batch {CLIP['batch']}, {args.workers} workers")
+    files = args.videos or f"synthetic {args.codec}"
+    print(f"\n{len(manifest.samples)} videos ({files}), clip 16x4 at 112 px, batch {CLIP['batch']}, "
+          f"{args.workers} workers")
     print(f"{'loader':<34}{'clips/s':>9}{'ratio':>8}")
     for name, rate in rates.items():
         print(f"{name:<34}{rate:>9.1f}{rate / base:>7.2f}x")

@@ -1,11 +1,14 @@
 """The main job on the built-in synthetic dataset (what `make demo` runs).
 
-    python tools/demo.py [--data data/synthetic] [--config configs/demo/synthetic.yaml] [KEY VALUE ...]
+    python tools/demo.py [--data data/synthetic] [--config configs/demo/synthetic.yaml]
+                         [--vit-config configs/demo/teacher_vit.yaml] [--cnn-config configs/demo/teacher_cnn.yaml]
+                         [KEY VALUE ...]
 
 1. writes the synthetic dataset (HMDB51 layout, real H.264 files) unless it is there, reads it into
    manifests (split 1) and checks every video;
-2. fine-tunes the ViT teacher and the 3D-CNN teacher (MODEL.TEACHERS) with cross-entropy, or reuses them
-   when a finished run with the same config is already in OUTPUT_DIR;
+2. trains the ViT teacher and the 3D-CNN teacher (MODEL.TEACHERS) with cross-entropy, each with its own
+   config (--vit-config, --cnn-config: schedules that suit a transformer and a CNN), or reuses them when a
+   finished run with the same config is already in OUTPUT_DIR;
 3. trains the same student (MODEL.STUDENT) four ways with the same seed and epochs: alone, KD from the
    ViT, KD from the CNN, and the dual teacher (DATW + SDD);
 4. prints one table of test top-1 / top-5 for every model; each run's curves.png is beside its results, and
@@ -24,14 +27,20 @@ from vidkd.config import load_config
 from vidkd.data.check import check_manifest
 from vidkd.data.datasets.csv_rows import write_manifests
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
-from vidkd.data.synthetic import make_dataset
+from vidkd.data.synthetic import dataset_info, make_dataset
 from vidkd.engine.plots import plot_history
 from vidkd.engine.trainer import Trainer
 from vidkd.errors import DataError
 
 
 def prepare(data_dir, manifest_dir, workers):
-    if not os.path.isfile(os.path.join(data_dir, "SYNTHETIC_INFO.json")):
+    """Write the synthetic set unless `data_dir` holds it with today's default parameters; manifests; check."""
+    info_path = os.path.join(data_dir, "SYNTHETIC_INFO.json")
+    if os.path.isfile(info_path):
+        with open(info_path) as f:
+            if json.load(f) != dataset_info():
+                shutil.rmtree(data_dir)
+    if not os.path.isfile(info_path):
         make_dataset(data_dir)
     manifests, missing = parse_hmdb51(os.path.join(data_dir, "videos"), os.path.join(data_dir, "splits"), 1)
     write_manifests(manifest_dir, manifests.values(), missing)
@@ -40,22 +49,23 @@ def prepare(data_dir, manifest_dir, workers):
         raise DataError("videos of the synthetic set fail the check:\n" + "\n".join(map(str, bad)))
 
 
-def runs(cfg, teacher_epochs):
-    """(run name, what it is, overrides) in training order; the students use the teachers' exports."""
+def runs(cfg, args):
+    """(run name, what it is, config file, overrides) in training order; the students use the teachers' exports."""
     vit, cnn = cfg.MODEL.TEACHERS
     out = cfg.OUTPUT_DIR
     ckpts = f"[{out}/teacher_vit/student.pt, {out}/teacher_cnn/student.pt]"
-    teacher = ["DISTILL.METHOD", "ce", "TRAIN.EPOCHS", str(teacher_epochs)]
+    teacher = ["DISTILL.METHOD", "ce"]
     student = ["MODEL.TEACHER_CHECKPOINTS", ckpts]
     return [
-        ("teacher_vit", f"ViT teacher {vit}", teacher + ["MODEL.STUDENT", vit]),
-        ("teacher_cnn", f"3D-CNN teacher {cnn}", teacher + ["MODEL.STUDENT", cnn]),
-        ("student_alone", "student alone (CE)", ["DISTILL.METHOD", "ce"]),
-        ("student_kd_vit", "student, KD from the ViT",
+        ("teacher_vit", f"ViT teacher {vit}", args.vit_config, teacher + ["MODEL.STUDENT", vit]),
+        ("teacher_cnn", f"3D-CNN teacher {cnn}", args.cnn_config, teacher + ["MODEL.STUDENT", cnn]),
+        ("student_alone", "student alone (CE)", args.config, ["DISTILL.METHOD", "ce"]),
+        ("student_kd_vit", "student, KD from the ViT", args.config,
          student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "0"]),
-        ("student_kd_cnn", "student, KD from the CNN",
+        ("student_kd_cnn", "student, KD from the CNN", args.config,
          student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "1"]),
-        ("student_dual", "student, dual teacher (DATW + SDD)", student + ["DISTILL.METHOD", "dual_teacher"]),
+        ("student_dual", "student, dual teacher (DATW + SDD)", args.config,
+         student + ["DISTILL.METHOD", "dual_teacher"]),
     ]
 
 
@@ -97,16 +107,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/synthetic", help="where the synthetic dataset is (or is written)")
     p.add_argument("--config", default="configs/demo/synthetic.yaml")
-    p.add_argument("--teacher-epochs", type=int, default=0, help="teachers' epochs (default: TRAIN.EPOCHS)")
+    p.add_argument("--vit-config", default="configs/demo/teacher_vit.yaml", help="the ViT teacher's training")
+    p.add_argument("--cnn-config", default="configs/demo/teacher_cnn.yaml", help="the 3D-CNN teacher's training")
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
     args = p.parse_args(argv)
     start = time.time()
     cfg = load_config(args.config, args.overrides)
     prepare(args.data, cfg.DATA.MANIFEST_DIR, cfg.DATA.NUM_WORKERS)
     rows = []
-    for name, what, overrides in runs(cfg, args.teacher_epochs or cfg.TRAIN.EPOCHS):
+    for name, what, config, overrides in runs(cfg, args):
         print(f"\n=== {what} ===")
-        done, reused = train_or_reuse(args.config, args.overrides + overrides, os.path.join(cfg.OUTPUT_DIR, name))
+        done, reused = train_or_reuse(config, args.overrides + overrides, os.path.join(cfg.OUTPUT_DIR, name))
         rows.append((what, done, reused))
     plot_summary(rows, os.path.join(cfg.OUTPUT_DIR, "summary.png"))
     width = max(len(r[0]) for r in rows)

@@ -75,6 +75,14 @@ _C.MODEL.STUDENT_CHECKPOINT = ""
 _C.MODEL.TEACHER_CHECKPOINTS = ["", ""]
 # Patch size (pixels) of the VideoMAE ViTs; 0 keeps 16, the size of the official checkpoints.
 _C.MODEL.VIT_PATCH_SIZE = 0
+# Token embedding of the VideoMAE ViTs: patch (one cube conv, as VideoMAE and its checkpoints) | conv (two
+# 3x3x3 convs before the cube conv, for small ViTs trained from scratch).
+_C.MODEL.VIT_STEM = "patch"
+# Number of blocks of the VideoMAE ViTs; 0 keeps the size's own (12 for Ti/S/B, 24 for L).
+_C.MODEL.VIT_DEPTH = 0
+# Scale of the VideoMAE ViTs' initial classifier weights: 0.001 (VideoMAE fine-tuning of a pretrained backbone:
+# a near-uniform start) | 1.0 (training from scratch: with 0.001 a small ViT barely leaves chance in a short run).
+_C.MODEL.VIT_HEAD_INIT_SCALE = 0.001
 # Allow a checkpoint that fills only part of a model (e.g. a backbone without its head).
 _C.MODEL.PARTIAL_LOAD = False
 
@@ -169,6 +177,7 @@ _C.TEST.NUM_CROPS = 3
 
 # Keys whose value must be one of a fixed set.
 CHOICES = {
+    "MODEL.VIT_STEM": ("patch", "conv"),
     "DATA.DECODER": ("decord", "pyav"),
     "DATA.SAMPLING": ("dense", "segment"),
     "TEST.NUM_CROPS": (1, 3),

@@ -7,7 +7,7 @@ inside a fixed range; static parameters are frozen at a random point of their ow
 direction of a class is the same path played backwards. So the value seen in a random single frame has the
 same distribution in every class: one frame (or an unordered bag of frames) cannot tell the classes apart.
 
-`make_dataset` writes the HMDB51 official layout: `videos/<class>/<name>.mp4` and
+`make_dataset` writes the HMDB51 official layout: `videos/<class>/<name>.mp4` (or `.avi`) and
 `splits/<class>_test_split{1,2,3}.txt` with lines `<name> <0|1|2>` (1 train, 2 test, 0 unused).
 """
 import json
@@ -125,21 +125,31 @@ def render_video(class_name, rng, height, width, frames, return_params=False):
     return (video, {**params, "mask": mask}) if return_params else video
 
 
-def write_video(path, frames_uint8, fps, bit_rate=None):
-    """Write RGB frames [T, H, W, 3] as an H.264 mp4 (yuv420p, a keyframe every 16 frames, deterministic):
-    constant quality (crf 20), or with `bit_rate` (bits/s) an average bit rate."""
+CODECS = {"h264": "mp4", "xvid": "avi"}  # codec -> file extension
+
+
+def write_video(path, frames_uint8, fps, bit_rate=None, codec="h264"):
+    """Write RGB frames [T, H, W, 3] (yuv420p, deterministic). `codec`: "h264" (mp4, a keyframe every 16 frames,
+    constant quality crf 20 unless `bit_rate`) or "xvid" (MPEG-4 Part 2 in AVI with the XVID tag, as HMDB51's
+    own files; FFmpeg's defaults: a keyframe every 12 frames, no B-frames; `bit_rate` default 1 Mb/s).
+    `bit_rate` in bits/s."""
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
     height, width = frames_uint8.shape[1:3]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream("libx264" if codec == "h264" else "mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # Bit-exact output: one thread, and no macroblock-tree rate control (its SIMD code reads uninitialised
         # memory on small frames, so the bytes would depend on what the process encoded before).
         stream.codec_context.thread_count = 1
-        stream.options = {"g": "16", "preset": "veryfast", "x264-params": "mbtree=0"}
-        if bit_rate:
+        if codec == "xvid":
+            stream.codec_context.codec_tag = "XVID"
+            stream.bit_rate = bit_rate or 1_000_000
+        elif bit_rate:
+            stream.options = {"g": "16", "preset": "veryfast", "x264-params": "mbtree=0"}
             stream.bit_rate = bit_rate
         else:
-            stream.options = {**stream.options, "crf": "20"}
+            stream.options = {"g": "16", "preset": "veryfast", "x264-params": "mbtree=0", "crf": "20"}
         for frame in frames_uint8:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -153,26 +163,35 @@ def _split_labels(rng, n):
     return labels[rng.permutation(n)]
 
 
-def make_dataset(out_dir, videos_per_class=24, seed=0, height=96, width=128, frames=40, fps=25, progress=True,
-                 bit_rate=None):
-    """Write the dataset (see module docstring) to `out_dir`; returns the info dict saved as SYNTHETIC_INFO.json.
-    `bit_rate` (bits/s) encodes at an average bit rate instead of constant quality (see write_video)."""
+def dataset_info(videos_per_class=48, seed=0, height=96, width=128, frames=40, fps=25, bit_rate=None, codec="h264"):
+    """What `make_dataset` with these arguments writes to SYNTHETIC_INFO.json (48 videos per class: about 256
+    train and 112 test videos in split 1, enough for a small ViT to learn the classes)."""
     if height % 2 or width % 2:
         raise ValueError(f"height and width must be even for yuv420p, got {height}x{width}")
     if seed < 0 or videos_per_class < 1 or frames < 1:
         raise ValueError("seed must be >= 0, videos_per_class and frames >= 1")
-    info = {"generator": "vidkd.data.synthetic", "layout": "hmdb51", "classes": list(CLASSES),
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+    return {"generator": "vidkd.data.synthetic", "layout": "hmdb51", "classes": list(CLASSES),
             "videos_per_class": videos_per_class, "seed": seed, "height": height, "width": width,
-            "frames": frames, "fps": fps, "bit_rate": bit_rate, "num_videos": len(CLASSES) * videos_per_class}
+            "frames": frames, "fps": fps, "bit_rate": bit_rate, "codec": codec,
+            "num_videos": len(CLASSES) * videos_per_class}
+
+
+def make_dataset(out_dir, videos_per_class=48, seed=0, height=96, width=128, frames=40, fps=25, progress=True,
+                 bit_rate=None, codec="h264"):
+    """Write the dataset (see module docstring) to `out_dir`; returns the info dict saved as SYNTHETIC_INFO.json.
+    `bit_rate` (bits/s) and `codec` ("h264" mp4 | "xvid" avi): see write_video."""
+    info = dataset_info(videos_per_class, seed, height, width, frames, fps, bit_rate, codec)
     os.makedirs(os.path.join(out_dir, "splits"), exist_ok=True)
     bar = tqdm(total=info["num_videos"], desc="synthetic videos", unit="video", disable=not progress)
     for ci, name in enumerate(CLASSES):
         class_dir = os.path.join(out_dir, "videos", name)
         os.makedirs(class_dir, exist_ok=True)
-        files = [f"{name}_{k:03d}.mp4" for k in range(videos_per_class)]
+        files = [f"{name}_{k:03d}.{CODECS[codec]}" for k in range(videos_per_class)]
         for k, file in enumerate(files):
             video = render_video(name, np.random.default_rng([seed, 0, ci, k]), height, width, frames)
-            write_video(os.path.join(class_dir, file), video, fps, bit_rate)
+            write_video(os.path.join(class_dir, file), video, fps, bit_rate, codec)
             bar.update()
         for split in (1, 2, 3):
             labels = _split_labels(np.random.default_rng([seed, 1, ci, split]), videos_per_class)

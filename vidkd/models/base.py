@@ -32,9 +32,13 @@ def build_model(name, num_classes, num_frames=16, crop_size=224, **kwargs):
 
 
 def config_kwargs(cfg, name):
-    """Builder options the config sets for `name`: MODEL.VIT_PATCH_SIZE for a VideoMAE ViT when it is set."""
-    patch = cfg.MODEL.VIT_PATCH_SIZE
-    return {"patch_size": patch} if patch and name.startswith("videomae") else {}
+    """Builder options the config sets for `name`: MODEL.VIT_PATCH_SIZE, VIT_DEPTH (when set), VIT_STEM and
+    VIT_HEAD_INIT_SCALE for a VideoMAE ViT."""
+    if not name.startswith("videomae"):
+        return {}
+    m = cfg.MODEL
+    options = {"patch_size": m.VIT_PATCH_SIZE, "depth": m.VIT_DEPTH}
+    return {"stem": m.VIT_STEM, "init_scale": m.VIT_HEAD_INIT_SCALE, **{k: v for k, v in options.items() if v}}
 
 
 def build_from_config(cfg, name, num_classes, crop_size=None):

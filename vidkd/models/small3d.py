@@ -3,7 +3,8 @@ w, 2w, 4w, 8w, then global average pooling and a linear classifier.
 
 X3D's depthwise convolutions and the ViT need far more steps than a CPU demo can afford to learn the
 synthetic motion classes from scratch; these plain 3D convolutions learn them in a minute. `c3d_tiny`
-(w = 16, a lightweight student) and `c3d_small` (w = 32, two 3D convs per stage, a homogeneous teacher).
+(w = 16, 0.29 M parameters, a lightweight student) and `c3d_small` (w = 32, 1.2 M parameters, a homogeneous
+teacher; 0.36 GMACs per 8x32x32 clip against the student's 0.09).
 """
 import torch.nn as nn
 
@@ -40,4 +41,4 @@ def c3d_tiny(num_classes, num_frames=8, crop_size=32):
 
 @register("c3d_small")
 def c3d_small(num_classes, num_frames=8, crop_size=32):
-    return Plain3D(num_classes, 32, 2)
+    return Plain3D(num_classes, 32, 1)

@@ -39,15 +39,34 @@ def get_sinusoid_encoding_table(n_position, d_hid):
 
 
 class PatchEmbed(nn.Module):
-    """Cube embedding: `[B, 3, T, H, W]` -> `[B, N, D]`, one token per `tubelet x patch x patch` cube."""
+    """Cube embedding: `[B, 3, T, H, W]` -> `[B, N, D]`, one token per `tubelet x patch x patch` cube.
 
-    def __init__(self, dim, patch_size=16, tubelet_size=2):
+    `stem="patch"` (VideoMAE): one `tubelet x patch x patch` conv with that stride. `stem="conv"`: first two
+    3x3x3 convs (BN, ReLU) of stride (1, 2, 2), widths D/8 and D/4, then the cube conv on the 4x smaller frame
+    (`tubelet x patch/4 x patch/4`): the same tokens, with local space-time filters before the attention
+    (Xiao et al., "Early convolutions help transformers see better", NeurIPS 2021). Small ViTs trained from
+    scratch on little data learn motion with it; official VideoMAE checkpoints need `patch`.
+    """
+
+    def __init__(self, dim, patch_size=16, tubelet_size=2, stem="patch"):
         super().__init__()
-        k = (tubelet_size, patch_size, patch_size)
-        self.proj = nn.Conv3d(3, dim, kernel_size=k, stride=k)
+        if stem not in ("patch", "conv"):
+            raise ValueError(f"ViT stem must be 'patch' or 'conv', got {stem!r}")
+        layers, c_in, cube = [], 3, patch_size
+        if stem == "conv":
+            if patch_size % 4:
+                raise ValueError(f"the conv stem needs a patch size divisible by 4, got {patch_size}")
+            for c_out in (dim // 8, dim // 4):
+                layers += [nn.Conv3d(c_in, c_out, 3, stride=(1, 2, 2), padding=1, bias=False), nn.BatchNorm3d(c_out),
+                           nn.ReLU(inplace=True)]
+                c_in = c_out
+            cube = patch_size // 4
+        self.stem = nn.Sequential(*layers)
+        k = (tubelet_size, cube, cube)
+        self.proj = nn.Conv3d(c_in, dim, kernel_size=k, stride=k)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # [B, D, T', H', W'] -> [B, T'H'W', D]
+        return self.proj(self.stem(x)).flatten(2).transpose(1, 2)  # [B, D, T', H', W'] -> [B, T'H'W', D]
 
 
 class Attention(nn.Module):
@@ -98,7 +117,7 @@ class VideoViT(VideoModel):
 
     def __init__(self, num_classes, num_frames=16, crop_size=224, embed_dim=768, depth=12, num_heads=12,
                  mlp_ratio=4.0, patch_size=16, tubelet_size=2, drop_path=0.1, head_drop=0.0,
-                 learned_pos=False, init_scale=0.001):
+                 learned_pos=False, init_scale=0.001, stem="patch"):
         super().__init__()
         if num_frames % tubelet_size or crop_size % patch_size:
             raise ValueError(f"clip {num_frames}x{crop_size}x{crop_size} is not divisible into "
@@ -107,7 +126,7 @@ class VideoViT(VideoModel):
         self.grid = self.token_grid = (num_frames // tubelet_size, crop_size // patch_size, crop_size // patch_size)
         self.num_patches = math.prod(self.grid)
 
-        self.patch_embed = PatchEmbed(embed_dim, patch_size, tubelet_size)
+        self.patch_embed = PatchEmbed(embed_dim, patch_size, tubelet_size, stem)
         table = get_sinusoid_encoding_table(self.num_patches, embed_dim)[None]  # [1, N, D]
         if learned_pos:
             self.pos_embed = nn.Parameter(table)
@@ -157,7 +176,7 @@ def _builder(size):
 
     build.__name__ = f"videomae_vit_{size}"
     build.__doc__ = f"VideoMAE ViT-{size.upper()} (D={dim}, depth {depth}, {heads} heads); kw: depth, drop_path, " \
-                    "head_drop, patch_size, tubelet_size, learned_pos."
+                    "head_drop, patch_size, tubelet_size, learned_pos, stem."
     return register(build.__name__)(build)
 
 
