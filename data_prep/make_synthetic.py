@@ -2,7 +2,7 @@
 import argparse
 
 from vidkd.cli import run
-from vidkd.data.synthetic import make_dataset
+from vidkd.data.synthetic import CODECS, make_dataset
 
 
 def main(argv=None):
@@ -14,7 +14,7 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--codec", choices=("h264", "xvid"), default="h264", help="H.264 mp4 or MPEG-4 Part 2 AVI")
+    parser.add_argument("--codec", choices=sorted(CODECS), default="h264", help="H.264 mp4 or MPEG-4 Part 2 AVI")
     parser.add_argument("--bit-rate", type=int, default=None, help="bits/s (default: constant quality)")
     args = parser.parse_args(argv)
     info = make_dataset(args.out, args.videos_per_class, args.seed, args.height, args.width, args.frames, args.fps,

@@ -6,8 +6,8 @@ Both read the same files with the same clip spec (16 frames x stride 4, random r
 normalised) and the same number of loader workers; both produce [B, 3, 16, 112, 112] float batches.
 Without --videos, a synthetic set like HMDB51's files is written to data/bench/<codec>: 240x320, 3 s at
 30 fps, 0.7 Mb/s (HMDB51: about 2 GB for 6,766 clips of about 3 s), as MPEG-4 Part 2 AVI with the XVID tag
-like HMDB51's own files (default), or as H.264 mp4 (`--codec h264`, B-frames: the harder case, where both
-loaders spend most of their time in the H.264 decoder). vidkd is timed with both its decoders.
+(the format of HMDB51's DivX AVI files; default), or as H.264 mp4 (`--codec h264`, with B-frames: the harder
+case, where both loaders spend most of their time in the H.264 decoder). vidkd is timed with both its decoders.
 Target: vidkd (default decoder) at least 3x pytorchvideo.
 """
 import argparse
@@ -21,7 +21,7 @@ from vidkd.cli import run
 from vidkd.config import load_config
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
 from vidkd.data.loader import build_loader
-from vidkd.data.synthetic import make_dataset
+from vidkd.data.synthetic import CODECS, make_dataset
 from vidkd.data.transforms import TrainTransform
 
 CLIP = dict(num_frames=16, rate=4, crop=112, mean=[0.45] * 3, std=[0.225] * 3, batch=8)
@@ -96,7 +96,7 @@ def epochs(loader):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", help="an HMDB51-layout folder (videos/, splits/); default: synthetic 240x320")
-    p.add_argument("--codec", choices=("xvid", "h264"), default="xvid", help="codec of the synthetic files")
+    p.add_argument("--codec", choices=sorted(CODECS), default="xvid", help="codec of the synthetic files")
     p.add_argument("--clips", type=int, default=400, help="clips to time for each loader")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)

@@ -128,13 +128,19 @@ def render_video(class_name, rng, height, width, frames, return_params=False):
 CODECS = {"h264": "mp4", "xvid": "avi"}  # codec -> file extension
 
 
-def write_video(path, frames_uint8, fps, bit_rate=None, codec="h264"):
-    """Write RGB frames [T, H, W, 3] (yuv420p, deterministic). `codec`: "h264" (mp4, a keyframe every 16 frames,
-    constant quality crf 20 unless `bit_rate`) or "xvid" (MPEG-4 Part 2 in AVI with the XVID tag, as HMDB51's
-    own files; FFmpeg's defaults: a keyframe every 12 frames, no B-frames; `bit_rate` default 1 Mb/s).
-    `bit_rate` in bits/s."""
+def codec_extension(codec):
+    """The file extension of `codec`; ValueError for a codec write_video does not know."""
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+    return CODECS[codec]
+
+
+def write_video(path, frames_uint8, fps, bit_rate=None, codec="h264"):
+    """Write RGB frames [T, H, W, 3] (yuv420p, deterministic). `codec`: "h264" (mp4, a keyframe every 16 frames,
+    constant quality crf 20 unless `bit_rate`) or "xvid" (MPEG-4 Part 2 in AVI with the XVID tag, the format of
+    HMDB51's DivX AVI files; FFmpeg's defaults: a keyframe every 12 frames, no B-frames; `bit_rate` default
+    1 Mb/s). `bit_rate` in bits/s."""
+    codec_extension(codec)
     height, width = frames_uint8.shape[1:3]
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264" if codec == "h264" else "mpeg4", rate=fps)
@@ -145,11 +151,11 @@ def write_video(path, frames_uint8, fps, bit_rate=None, codec="h264"):
         if codec == "xvid":
             stream.codec_context.codec_tag = "XVID"
             stream.bit_rate = bit_rate or 1_000_000
-        elif bit_rate:
-            stream.options = {"g": "16", "preset": "veryfast", "x264-params": "mbtree=0"}
-            stream.bit_rate = bit_rate
         else:
-            stream.options = {"g": "16", "preset": "veryfast", "x264-params": "mbtree=0", "crf": "20"}
+            quality = {} if bit_rate else {"crf": "20"}
+            stream.options = {"g": "16", "preset": "veryfast", "x264-params": "mbtree=0", **quality}
+            if bit_rate:
+                stream.bit_rate = bit_rate
         for frame in frames_uint8:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -170,8 +176,7 @@ def dataset_info(videos_per_class=48, seed=0, height=96, width=128, frames=40, f
         raise ValueError(f"height and width must be even for yuv420p, got {height}x{width}")
     if seed < 0 or videos_per_class < 1 or frames < 1:
         raise ValueError("seed must be >= 0, videos_per_class and frames >= 1")
-    if codec not in CODECS:
-        raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+    codec_extension(codec)
     return {"generator": "vidkd.data.synthetic", "layout": "hmdb51", "classes": list(CLASSES),
             "videos_per_class": videos_per_class, "seed": seed, "height": height, "width": width,
             "frames": frames, "fps": fps, "bit_rate": bit_rate, "codec": codec,
@@ -188,7 +193,7 @@ def make_dataset(out_dir, videos_per_class=48, seed=0, height=96, width=128, fra
     for ci, name in enumerate(CLASSES):
         class_dir = os.path.join(out_dir, "videos", name)
         os.makedirs(class_dir, exist_ok=True)
-        files = [f"{name}_{k:03d}.{CODECS[codec]}" for k in range(videos_per_class)]
+        files = [f"{name}_{k:03d}.{codec_extension(codec)}" for k in range(videos_per_class)]
         for k, file in enumerate(files):
             video = render_video(name, np.random.default_rng([seed, 0, ci, k]), height, width, frames)
             write_video(os.path.join(class_dir, file), video, fps, bit_rate, codec)
