@@ -53,6 +53,7 @@ def test_wrong_type_names_file_and_line(tmp_path):
         (["DATA", "1"], "is a group of keys"),
         (["DATA.NUM_FRAMES"], "KEY VALUE pairs"),
         (["DATA.MEAN", "[a, b, c]"], "DATA.MEAN' expects float"),
+        (["DATA.TRAIN_PER_CLASS", "-1"], "command line: config key 'DATA.TRAIN_PER_CLASS' must be >= 0, got -1"),
     ],
 )
 def test_bad_command_line(overrides, message):

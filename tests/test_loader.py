@@ -156,3 +156,27 @@ def test_a_decode_past_the_timeout_is_abandoned_and_counted(tmp_path):
     item = VideoDataset(manifest, spec, transform, False, timeout=1e-4)[0]
     assert item["valid"] is False and "DECODE_TIMEOUT" in item["failures"][0][1]
     assert VideoDataset(manifest, spec, transform, False, timeout=30.0)[0]["valid"] is True
+
+
+def test_train_per_class_keeps_a_seeded_subset_of_each_class_in_manifest_order():
+    counts = {0: 5, 1: 2, 2: 3}
+    samples = [VideoRecord(f"{c}_{k}", f"{c}_{k}.mp4", {"verb": c, "noun": 0}) for c, n in counts.items()
+               for k in range(n)]
+    manifest = Manifest("test", "train", "/r", {"verb": ["a", "b", "c"], "noun": ["x"]}, samples)
+    assert manifest.per_class(0, seed=0) is manifest
+    subsets = {seed: [r.id for r in manifest.per_class(2, seed).samples] for seed in range(6)}
+    for ids in subsets.values():
+        assert [i.split("_")[0] for i in ids] == ["0", "0", "1", "1", "2", "2"]  # 2 of each (the first head)
+        assert ids == sorted(ids, key=[r.id for r in samples].index)
+    assert ids == [r.id for r in manifest.per_class(2, 5).samples]  # same seed, same subset
+    assert len({tuple(ids) for ids in subsets.values()}) > 1  # other seeds draw other videos
+    assert len(manifest.per_class(4, 0).samples) == 4 + 2 + 3  # a class with fewer keeps all of them
+
+
+def test_train_per_class_applies_to_training_only(tmp_path):
+    make_manifest(tmp_path, n_good=9)
+    make_manifest(tmp_path, n_good=9, split="test")
+    cfg = config(tmp_path, "DATA.TRAIN_PER_CLASS", "1")
+    train, test = build_loader(cfg, train=True), build_loader(cfg, train=False)
+    assert sorted(r.targets["label"] for r in train.dataset.manifest.samples) == [0, 1, 2]
+    assert len(test.dataset.manifest.samples) == 9

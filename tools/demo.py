@@ -6,11 +6,12 @@
 
 1. writes the synthetic dataset (HMDB51 layout, real H.264 files) unless it is there, reads it into
    manifests (split 1) and checks every video;
-2. trains the ViT teacher and the 3D-CNN teacher (MODEL.TEACHERS) with cross-entropy, each with its own
-   config (--vit-config, --cnn-config: schedules that suit a transformer and a CNN), or reuses them when a
-   finished run with the same config is already in OUTPUT_DIR;
-3. trains the same student (MODEL.STUDENT) four ways with the same seed and epochs: alone, KD from the
-   ViT, KD from the CNN, and the dual teacher (DATW + SDD);
+2. trains the ViT teacher and the 3D-CNN teacher (MODEL.TEACHERS) with cross-entropy on every training
+   video, each with its own config (--vit-config, --cnn-config: schedules that suit a transformer and a
+   CNN), or reuses them when a finished run with the same config is already in OUTPUT_DIR;
+3. trains the same student (MODEL.STUDENT) four ways with the same seed and epochs on a small labelled set
+   (DATA.TRAIN_PER_CLASS of --config): alone, KD from the ViT, KD from the CNN, and the dual teacher
+   (DATW + SDD);
 4. prints one table of test top-1 / top-5 for every model; each run's curves.png is beside its results, and
    OUTPUT_DIR/summary.png compares them.
 """

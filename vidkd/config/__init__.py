@@ -1,7 +1,7 @@
 """Config loading: defaults (defaults.py) <- yaml file(s) <- command-line `KEY VALUE` pairs.
 
 Every value is checked before anything runs: an unknown key, a wrong type or a value outside the allowed
-choices raises ConfigError naming the key and where it came from (file and line, or the command line).
+choices (or under the allowed minimum) raises ConfigError naming the key and where it came from (file and line, or the command line).
 A yaml may inherit from another with `_BASE_: relative/path.yaml`.
 """
 import os
@@ -9,7 +9,7 @@ import os
 import yaml
 from fvcore.common.config import CfgNode
 
-from vidkd.config.defaults import CHOICES, get_defaults
+from vidkd.config.defaults import CHOICES, MINIMUMS, get_defaults
 from vidkd.errors import ConfigError
 
 BASE_KEY = "_BASE_"
@@ -29,7 +29,7 @@ def load_config(path=None, overrides=()):
         except yaml.YAMLError:
             value = text
         _set(cfg, key, value, "command line", origins)
-    _check_choices(cfg, origins)
+    _check_values(cfg, origins)
     cfg.freeze()
     return cfg
 
@@ -112,11 +112,20 @@ def _did_you_mean(cfg, parts):
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def _check_choices(cfg, origins):
+def _value(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _check_values(cfg, origins):
     for dotted, allowed in CHOICES.items():
-        node = cfg
-        for part in dotted.split("."):
-            node = node[part]
-        if node not in allowed:
+        if _value(cfg, dotted) not in allowed:
             where = origins.get(dotted, "defaults")
-            raise ConfigError(f"{where}: config key {dotted!r} must be one of {list(allowed)}, got {node!r}")
+            raise ConfigError(f"{where}: config key {dotted!r} must be one of {list(allowed)}, "
+                              f"got {_value(cfg, dotted)!r}")
+    for dotted, least in MINIMUMS.items():
+        if _value(cfg, dotted) < least:
+            where = origins.get(dotted, "defaults")
+            raise ConfigError(f"{where}: config key {dotted!r} must be >= {least}, got {_value(cfg, dotted)!r}")

@@ -15,6 +15,9 @@ _C.DATA = CfgNode()
 _C.DATA.MANIFEST_DIR = "data/synthetic/manifests"
 # Manifest used for training (file stem inside MANIFEST_DIR).
 _C.DATA.TRAIN_SPLIT = "train"
+# Training on a small labelled set: at most this many videos of each class (of the first label set), drawn
+# with SEED from the training manifest (0 = every video). The low-data regime of semi- and few-label work.
+_C.DATA.TRAIN_PER_CLASS = 0
 # Manifest used for evaluation (EPIC-KITCHENS-100: "validation").
 _C.DATA.TEST_SPLIT = "test"
 # Video decoder tried first: decord | pyav. A video it cannot decode is retried with the other one.
@@ -191,6 +194,9 @@ CHOICES = {
     "DISTILL.DATW_DISCREPANCY": ("kl", "cosine"),
     "DISTILL.SDD_PHI": ("fixed", "learned"),
 }
+
+# Keys whose value must be at least this.
+MINIMUMS = {"DATA.TRAIN_PER_CLASS": 0}
 
 
 def get_defaults():

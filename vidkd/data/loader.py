@@ -92,6 +92,7 @@ def build_dataset(cfg, train):
     split = d.TRAIN_SPLIT if train else d.TEST_SPLIT
     manifest = Manifest.load(os.path.join(d.MANIFEST_DIR, f"{split}.json"))
     if train:
+        manifest = manifest.per_class(d.TRAIN_PER_CLASS, cfg.SEED)
         transform = TrainTransform(d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SCALE, d.TRAIN_CROP_RATIO, d.FLIP, d.MEAN, d.STD)
     else:
         transform = TestTransform(d.TEST_SHORT_SIDE, d.TEST_CROP_SIZE, d.MEAN, d.STD)

@@ -13,7 +13,9 @@ from the container). `frames = true` means `path` is a folder of JPEG frames nam
 """
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import random
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
 
 from vidkd.errors import AnnotationError
 
@@ -41,6 +43,17 @@ class Manifest:
     label_sets: dict
     samples: list = field(default_factory=list)
     frame_template: str = FRAME_TEMPLATE
+
+    def per_class(self, count, seed):
+        """A copy with at most `count` samples of each class of the first label set, drawn with `seed`, in
+        manifest order (0 keeps every sample)."""
+        if count == 0:
+            return self
+        head, rng, by_class = next(iter(self.label_sets)), random.Random(seed), defaultdict(list)
+        for i, rec in enumerate(self.samples):
+            by_class[rec.targets[head]].append(i)
+        keep = sorted(i for idx in by_class.values() for i in rng.sample(idx, min(count, len(idx))))
+        return replace(self, samples=[self.samples[i] for i in keep])
 
     def abspath(self, record):
         return record.path if os.path.isabs(record.path) else os.path.join(self.root, record.path)
