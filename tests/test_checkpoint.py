@@ -83,7 +83,8 @@ def test_wrong_shape_names_the_key(tmp_path):
     state = tiny_vit().state_dict()
     state["blocks.1.mlp.fc1.weight"] = torch.zeros(3, 3)
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match=r"bad\.pth: mis-shaped keys:\n  blocks\.1\.mlp\.fc1\.weight: \(3, 3\)"):
+    with pytest.raises(CheckpointError, match=r"bad\.pth: mis-shaped or mis-typed keys:\n  "
+                                              r"blocks\.1\.mlp\.fc1\.weight: \(3, 3\) float in the checkpoint"):
         load_checkpoint(tiny_vit(), str(tmp_path / "bad.pth"))
 
 

@@ -129,6 +129,7 @@ def test_kinetics_csv_given_classes_and_split_from_stem(tmp_path):
     ([K_HEADER, K_ROWS[0], "zumba,zz3,0,10,train\n"], 3, "5 fields, the header has 6"),
     ([K_HEADER, K_ROWS[0], K_ROWS[1], "zumba,zz3,0,ten,train,0\n"], 4, "time_end must be an integer"),
     ([K_HEADER, "\n", "dancing,zz3,0,10,train,0\n"], 3, "unknown class 'dancing'"),
+    ([K_HEADER, "zumba,zz3,-10,0,train,0\n"], 2, "need 0 <= time_start < time_end"),
 ])
 def test_kinetics_csv_errors(tmp_path, lines, line, match):
     csv_path = write(tmp_path / "k.csv", "".join(lines))
@@ -147,6 +148,15 @@ def test_kinetics_path_label_list(tmp_path):
     raises_at("bad.txt", 2, parse_path_label_list, tmp_path / "bad.txt", tmp_path, classes, match="unknown class '3'")
     write(tmp_path / "bad.txt", "a.mp4 0\n\nb.mp4\n")
     raises_at("bad.txt", 3, parse_path_label_list, tmp_path / "bad.txt", tmp_path, classes, match="<path> <label>")
+
+
+def test_a_byte_that_is_not_utf8_is_reported_at_its_line(tmp_path):
+    videos, splits = make_hmdb(tmp_path)
+    (splits / "wave_test_split1.txt").write_bytes(b"w1.avi 1\r\nw2.avi 2\r\nw\xe9.avi 1\r\n")
+    raises_at("wave_test_split1.txt", 3, parse_hmdb51, videos, splits, 1, match="not UTF-8 text")
+    rows = K_HEADER + K_ROWS[0] * 2000 + "caf\xe9,zz1,0,10,train,0\n"  # the bad byte far past the first read
+    (tmp_path / "k.csv").write_bytes(rows.encode("latin-1"))
+    raises_at("k.csv", 2002, parse_kinetics_csv, tmp_path / "k.csv", tmp_path, match="not UTF-8 text")
 
 
 # EPIC-KITCHENS-100 -------------------------------------------------------------------------------------
@@ -213,6 +223,8 @@ def test_epic100_bad_files(tmp_path):
     make_epic(tmp_path)
     write(ann / "EPIC_100_video_info.csv", "video_id,duration,fps,resolution\nP01_01,10.0,fast,1920x1080\n")
     raises_at("EPIC_100_video_info.csv", 2, parse_epic100, ann, tmp_path, "train", match="fps must be a number")
+    write(ann / "EPIC_100_video_info.csv", "video_id,duration,fps,resolution\nP01_01,1e999,50,1920x1080\n")
+    raises_at("EPIC_100_video_info.csv", 2, parse_epic100, ann, tmp_path, "train", match="positive and finite")
 
 
 # data_prep scripts -------------------------------------------------------------------------------------

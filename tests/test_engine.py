@@ -12,115 +12,17 @@ import csv
 import json
 import math
 import os
-import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
-import yaml
+from conftest import checksum, evaluated_metrics, free_port, launch, load_student, ok, records, write_config
 
-from vidkd.data.datasets.hmdb51 import parse_hmdb51
-from vidkd.data.synthetic import CLASSES, make_dataset
+from vidkd.data.synthetic import CLASSES
 from vidkd.engine import distributed
 from vidkd.engine.trainer import lr_factor, param_groups
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 300  # seconds per subprocess: a hung collective fails the test instead of the whole run
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(threads="1"):
-    """This environment without any launcher / SLURM variables, with DeepSpeed on the CPU. `threads`: the
-    OMP_NUM_THREADS of each process (None: unset, so that distributed.init shares the cores out)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SLURM_") and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
-                                                       "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")}
-    env["DS_ACCELERATOR"] = "cpu"
-    env["PYTHONUNBUFFERED"] = "1"
-    if threads:
-        env["OMP_NUM_THREADS"] = threads
-    return env
-
-
-def launch(args, ranks=1, threads="1"):
-    """Run a tools/ script: `python script ...` for 1 rank, `deepspeed --num_gpus N script ...` for N."""
-    if ranks == 1:
-        cmd = [sys.executable, *args]
-    else:
-        launcher = shutil.which("deepspeed", path=os.path.dirname(sys.executable))
-        assert launcher, f"the deepspeed launcher is not installed beside {sys.executable}"
-        cmd = [launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), *args]
-    return subprocess.run(cmd, cwd=REPO, env=clean_env(threads), capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def ok(proc):
-    """Assert exit 0, showing the end of the output otherwise."""
-    assert proc.returncode == 0, (f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
-                                  f"--- stderr\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def records(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def evaluated_metrics(record):
-    """The `test/...` metrics of a metrics.jsonl record, without the prefix."""
-    return {k[len("test/"):]: v for k, v in record.items() if k.startswith("test/")}
-
-
-def checksum(state):
-    """What distributed.check_replicas returns: the sum of all entries of a state dict, in its order."""
-    return sum(float(t.double().sum()) for t in state.values())
-
-
-def load_student(out):
-    return torch.load(os.path.join(out, "student.pt"), map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """The synthetic dataset, 8 classes x 3 videos of 16 frames at 48x64 (real H.264), as HMDB51 split 1
-    manifests: 16 training and 8 test videos."""
-    root = tmp_path_factory.mktemp("synthetic")
-    make_dataset(str(root), videos_per_class=3, height=48, width=64, frames=16, progress=False)
-    manifests, missing = parse_hmdb51(str(root / "videos"), str(root / "splits"), 1)
-    assert missing == {"train": [], "test": []}
-    for split, manifest in manifests.items():
-        manifest.save(str(root / "manifests" / f"{split}.json"))
-    assert (len(manifests["train"].samples), len(manifests["test"].samples)) == (16, 8)
-    return root
-
-
-def write_config(path, data_root, out, method, **extra):
-    """A yaml of tiny clips (4 frames x 32 px) and a tiny student; `extra` {"GROUP": {KEY: value}} merged in."""
-    cfg = {
-        "OUTPUT_DIR": str(out),
-        "DATA": {"MANIFEST_DIR": str(data_root / "manifests"), "NUM_FRAMES": 4, "SAMPLING_RATE": 2,
-                 "TRAIN_CROP_SIZE": 32, "TEST_SHORT_SIDE": 32, "TEST_CROP_SIZE": 32, "NUM_WORKERS": 0,
-                 "FLIP": False},
-        "MODEL": {"STUDENT": "x3d_xs", "TEACHERS": ["videomae_vit_ti", "x3d_m"]},
-        "TRAIN": {"BATCH_SIZE": 4, "EPOCHS": 2, "EVAL_PERIOD": 1, "CHECKPOINT_PERIOD": 1},
-        "TEST": {"BATCH_SIZE": 4, "NUM_CLIPS": 1, "NUM_CROPS": 1},
-        "DISTILL": {"METHOD": method},
-    }
-    for group, values in extra.items():
-        cfg.setdefault(group, {}).update(values)
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
 
 # ----------------------------------------------------------------------------------------------- 2 ranks
 def test_two_rank_deepspeed_zero2_kd_checkpoints_resume_and_equal_ranks(dataset, tmp_path):
@@ -133,8 +35,8 @@ def test_two_rank_deepspeed_zero2_kd_checkpoints_resume_and_equal_ranks(dataset,
     ckpt = out / "checkpoints"
     for epoch in (1, 2):  # every epoch checkpointed; ZeRO-2 over 2 ranks: one optimizer partition per rank
         files = sorted(os.listdir(ckpt / f"epoch_{epoch:04d}"))
-        assert files == ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                         "zero_pp_rank_1_mp_rank_00_optim_states.pt"], files
+        assert files == ["MANIFEST.json", "mp_rank_00_model_states.pt", "rank_000.pt", "rank_001.pt",
+                         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert (ckpt / "latest").read_text().strip() == "epoch_0002"
     history = records(out)
     assert [r["epoch"] for r in history] == [1, 2]

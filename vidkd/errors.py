@@ -35,3 +35,17 @@ class DataError(VidkdError):
 
 class CheckpointError(VidkdError):
     """A checkpoint cannot be read, or does not fit the model; the message names the file and the keys."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle names a callable beyond plain data (it could run code); it was refused before anything ran."""
+
+    def __init__(self, path, name):
+        self.path, self.name = str(path), name
+        super().__init__(f"{path}: refused {name}: vidkd reads only plain data (and numpy arrays where it asks "
+                         f"for them) from a pickle")
+
+
+class TrainingError(VidkdError):
+    """Training cannot go on (e.g. the loss stayed NaN / Inf for TRAIN.MAX_BAD_STEPS steps in a row); the
+    message names the loss terms and the last good checkpoint."""

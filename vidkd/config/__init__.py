@@ -5,6 +5,7 @@ choices (or under the allowed minimum) raises ConfigError naming the key and whe
 A yaml may inherit from another with `_BASE_: relative/path.yaml`.
 """
 import os
+import sys
 
 import yaml
 from fvcore.common.config import CfgNode
@@ -13,6 +14,9 @@ from vidkd.config.defaults import CHOICES, MINIMUMS, get_defaults
 from vidkd.errors import ConfigError
 
 BASE_KEY = "_BASE_"
+# What yaml.safe_load raises on bad text: YAMLError, and from its constructors of tagged scalars ValueError
+# (`!!float x`) and AttributeError (`!!timestamp x`); RecursionError on deep nesting.
+YAML_FAILURES = (yaml.YAMLError, ValueError, AttributeError, RecursionError)
 
 
 def load_config(path=None, overrides=()):
@@ -26,7 +30,7 @@ def load_config(path=None, overrides=()):
     for key, text in zip(overrides[0::2], overrides[1::2]):
         try:
             value = yaml.safe_load(text)
-        except yaml.YAMLError:
+        except YAML_FAILURES:
             value = text
         _set(cfg, key, value, "command line", origins)
     _check_values(cfg, origins)
@@ -35,37 +39,46 @@ def load_config(path=None, overrides=()):
 
 
 def _merge_file(cfg, path, seen, origins):
-    if path in seen:
+    if os.path.realpath(path) in seen:
         raise ConfigError(f"{path}: {BASE_KEY} chain loops back to itself")
-    try:
-        with open(path) as f:
-            text = f.read()
-        node = yaml.compose(text)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found")
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid yaml: {e}")
+    node, data = _read_yaml(path)
     if node is None:
         return
-    if not isinstance(node, yaml.MappingNode):
+    if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
         raise ConfigError(f"{path}:{node.start_mark.line + 1}: the top level must be a mapping of keys")
-    data = yaml.safe_load(text)
     if BASE_KEY in data:
-        base = os.path.join(os.path.dirname(path), data.pop(BASE_KEY))
-        _merge_file(cfg, base, seen + (path,), origins)
-    for key, value, line in _flatten(data, node):
-        if key != BASE_KEY:
-            _set(cfg, key, value, f"{path}:{line}", origins)
+        base = data.pop(BASE_KEY)
+        if not isinstance(base, str) or "\0" in base:
+            raise ConfigError(f"{path}: {BASE_KEY} must be the path of a yaml file, got {base!r}")
+        _merge_file(cfg, os.path.join(os.path.dirname(path), base), seen + (os.path.realpath(path),), origins)
+    for key, value, line in _flatten(data, node, cfg):
+        _set(cfg, key, value, f"{path}:{line}", origins)
 
 
-def _flatten(data, node, prefix=""):
-    """Yield (dotted key, value, 1-based line) for the leaves of a yaml mapping."""
+def _read_yaml(path):
+    """The node tree (for line numbers) and the data of a yaml file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as a text file ({e})")
+    try:
+        return yaml.compose(text), yaml.safe_load(text)
+    except YAML_FAILURES as e:
+        raise ConfigError(f"{path}: not valid yaml: {e}")
+
+
+def _flatten(data, node, group, prefix=""):
+    """Yield (dotted key, value, 1-based line) for the entries of a yaml mapping, descending only into the
+    mappings of config groups (a yaml alias may make a mapping contain itself)."""
     lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
     children = {k.value: v for k, v in node.value}
     for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value and isinstance(children.get(str(key)), yaml.MappingNode):
-            yield from _flatten(value, children[str(key)], dotted + ".")
+        dotted, child = f"{prefix}{key}", children.get(str(key))
+        if isinstance(group.get(key), CfgNode) and isinstance(value, dict) and isinstance(child, yaml.MappingNode):
+            yield from _flatten(value, child, group[key], dotted + ".")
         else:
             yield dotted, value, lines.get(str(key), "?")
 
@@ -74,7 +87,7 @@ def _set(cfg, dotted, value, where, origins):
     node, parts = cfg, str(dotted).split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, CfgNode) or part not in node:
-            raise ConfigError(f"{where}: unknown config key {dotted!r}" + _did_you_mean(cfg, parts[: i + 1]))
+            raise ConfigError(f"{where}: unknown config key {dotted!r}" + _did_you_mean(node, part))
         if i < len(parts) - 1:
             node = node[part]
     default = node[parts[-1]]
@@ -88,7 +101,9 @@ def _coerce(value, default, key, where):
     """Accept the default's type; int for float; list for tuple and back. Anything else is an error."""
     if isinstance(default, bool) or isinstance(value, bool):
         ok = isinstance(value, bool) and isinstance(default, bool)
-    elif isinstance(default, float) and isinstance(value, int):
+    elif isinstance(default, float) and isinstance(value, (int, float)):
+        if not abs(value) <= sys.float_info.max:  # NaN, infinity, or an int too large for a float
+            raise ConfigError(f"{where}: config key {key!r} must be a finite number, got {value!r}")
         return float(value)
     elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         if default and value:
@@ -104,11 +119,8 @@ def _coerce(value, default, key, where):
     return value
 
 
-def _did_you_mean(cfg, parts):
-    node = cfg
-    for part in parts[:-1]:
-        node = node[part]
-    close = [k for k in node if k.lower().startswith(parts[-1].lower()[:3])]
+def _did_you_mean(node, part):
+    close = [k for k in node if k.lower().startswith(part.lower()[:3])] if isinstance(node, CfgNode) else []
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 

@@ -57,6 +57,9 @@ _C.DATA.STD = [0.225, 0.225, 0.225]
 _C.DATA.NUM_WORKERS = 2
 # Batches each worker prepares ahead.
 _C.DATA.PREFETCH_FACTOR = 2
+# Seconds a batch may take to arrive from the loader workers (0 = no limit): past it, or when a worker dies,
+# the workers are restarted and that batch's videos skipped and counted (a decode hung in native code).
+_C.DATA.BATCH_TIMEOUT = 300.0
 # Pin host memory for faster copies to the GPU (ignored on the CPU).
 _C.DATA.PIN_MEMORY = True
 # A failed video is replaced by another sample, up to this many times per item.
@@ -99,6 +102,16 @@ _C.TRAIN.EPOCHS = 30
 _C.TRAIN.EVAL_PERIOD = 5
 # Save a checkpoint every this many epochs (and always after the last one).
 _C.TRAIN.CHECKPOINT_PERIOD = 1
+# Also save a checkpoint every this many batches within an epoch (0 = only at epoch ends), so that a killed run
+# resumes mid-epoch (`--resume auto`: the sampler skips what the run already trained on).
+_C.TRAIN.CHECKPOINT_STEPS = 0
+# Complete checkpoints kept in OUTPUT_DIR/checkpoints (the newest ones).
+_C.TRAIN.KEEP_CHECKPOINTS = 3
+# A step whose loss has a NaN or Inf term is skipped (and counted); this many in a row stop the run.
+_C.TRAIN.MAX_BAD_STEPS = 20
+# Deterministic algorithms only (torch.use_deterministic_algorithms): a run and its resumed copy are
+# bit-identical on the GPU too (on the CPU they are already with a fixed thread count), at some speed cost.
+_C.TRAIN.DETERMINISTIC = False
 # Batches whose gradients are summed before one optimiser step.
 _C.TRAIN.GRAD_ACCUM_STEPS = 1
 # Clip the global gradient norm to this value (0 = no clipping).
@@ -196,7 +209,8 @@ CHOICES = {
 }
 
 # Keys whose value must be at least this.
-MINIMUMS = {"DATA.TRAIN_PER_CLASS": 0}
+MINIMUMS = {"DATA.TRAIN_PER_CLASS": 0, "TRAIN.CHECKPOINT_STEPS": 0, "TRAIN.KEEP_CHECKPOINTS": 1,
+            "TRAIN.MAX_BAD_STEPS": 1}
 
 
 def get_defaults():

@@ -3,8 +3,11 @@
 The sampler is always a DistributedSampler (one replica when not distributed), so one process and N
 processes run the same code and the order of an epoch depends only on `(SEED, epoch)`.
 """
+import itertools
 import logging
 import os
+import signal
+import threading
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
@@ -33,7 +36,7 @@ class FailureTracker:
         for path, message in failures:
             if path not in self.logged:
                 self.logged.add(path)
-                log.warning("skipped a video that does not decode: %s", message)
+                log.warning("skipped a video: %s", message)
             self.epoch_failures[path] = message
         if len(self.epoch_failures) > self.max_fraction * self.num_videos:
             listing = "\n  ".join(sorted(self.epoch_failures.values()))
@@ -48,38 +51,91 @@ class FailureTracker:
 
 
 class EpochSampler(Sampler):
-    """Yields `(epoch, index)` from a DistributedSampler, so that each item knows its epoch."""
+    """Yields `(epoch, index)` from a DistributedSampler, so that each item knows its epoch; the first `skip`
+    indices of the epoch are left out (a run resumed mid-epoch)."""
 
     def __init__(self, sampler):
-        self.sampler = sampler
+        self.sampler, self.skip = sampler, 0
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, skip=0):
         self.sampler.set_epoch(epoch)
+        self.skip = skip
 
     def __len__(self):
-        return len(self.sampler)
+        return len(self.sampler) - self.skip
 
     def __iter__(self):
-        return ((self.sampler.epoch, i) for i in self.sampler)
+        return ((self.sampler.epoch, i) for i in itertools.islice(self.sampler, self.skip, None))
+
+
+def _worker_failure(error):
+    """Whether a RuntimeError of a DataLoader iterator means a worker died or a batch missed DATA.BATCH_TIMEOUT."""
+    text = str(error)
+    return text.startswith("DataLoader worker") or text.startswith("DataLoader timed out")
 
 
 class VideoLoader:
-    """Iterates batches `{"video", "targets", "index", "view", "valid"}`; call `set_epoch` before each epoch."""
+    """Iterates batches `{"video", "targets", "index", "view", "valid"}`; call `set_epoch` before each epoch.
+
+    With loader workers: when a worker dies (killed, out of memory) or a batch takes longer than
+    DATA.BATCH_TIMEOUT (a decode hung in native code, out of reach of DATA.DECODE_TIMEOUT), the workers are
+    killed and started afresh, the batch that was due is skipped (yielded as None) and its videos counted as
+    failed, and the epoch goes on. PyTorch's SIGCHLD handler, which raises wherever the main process happens
+    to be (in the middle of an optimiser step), is turned off: a dead worker is noticed while a batch is
+    awaited, within 5 s."""
 
     def __init__(self, dataset, loader, tracker):
         self.dataset, self.loader, self.tracker = dataset, loader, tracker
 
-    def set_epoch(self, epoch):
-        self.loader.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch, start_batch=0):
+        """Iterate epoch `epoch` from its batch `start_batch` on (the batches before are the ones a resumed run
+        already trained on)."""
+        self.loader.sampler.set_epoch(epoch, start_batch * self.loader.batch_size)
         self.tracker.start_epoch()
 
     def __len__(self):
         return len(self.loader)
 
+    @property
+    def batches_per_epoch(self):
+        """Batches in a whole epoch of this rank, whatever `start_batch`."""
+        n, b = len(self.loader.sampler.sampler), self.loader.batch_size
+        return n // b if self.loader.drop_last else -(-n // b)
+
     def __iter__(self):
-        for batch in self.loader:
-            self.tracker.add(batch.pop("failures"))
-            yield batch
+        sampler, size = self.loader.sampler, self.loader.batch_size
+        batch_index = sampler.skip // size
+        while True:
+            iterator = iter(self.loader)
+            if self.loader.num_workers and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            try:
+                for batch in iterator:
+                    self.tracker.add(batch.pop("failures"))
+                    batch_index += 1
+                    yield batch
+                return
+            except RuntimeError as e:
+                if not self.loader.num_workers or not _worker_failure(e):
+                    raise
+                reason = str(e)
+                self._restart(iterator)
+            indices = list(itertools.islice(sampler.sampler, batch_index * size, (batch_index + 1) * size))
+            lost = [self.dataset.manifest.abspath(self.dataset.manifest.samples[i]) for i in indices]
+            log.warning("epoch %d, batch %d lost (%s); loader workers restarted, its %d videos skipped",
+                        sampler.sampler.epoch + 1, batch_index + 1, reason, len(lost))
+            self.tracker.add([(path, f"{path}: in a batch lost with its loader worker ({reason})") for path in lost])
+            batch_index += 1
+            sampler.skip = batch_index * size
+            yield None
+
+    def _restart(self, iterator):
+        """Kill the workers of `iterator` (a hung one ignores anything gentler) so the next iter() starts anew."""
+        for worker in iterator._workers:
+            if worker.is_alive():
+                os.kill(worker.pid, signal.SIGKILL)
+        iterator._shutdown_workers()
+        self.loader._iterator = None  # persistent workers: otherwise iter() would hand back the broken one
 
 
 def clip_spec(cfg):
@@ -116,6 +172,11 @@ def build_loader(cfg, train, rank=0, world_size=1):
         drop_last=train,
         prefetch_factor=d.PREFETCH_FACTOR if d.NUM_WORKERS > 0 else None,
         persistent_workers=d.NUM_WORKERS > 0,
+        timeout=d.BATCH_TIMEOUT if d.NUM_WORKERS > 0 else 0,
     )
+    if d.NUM_WORKERS:
+        # Batches come from the workers as shared-memory files, not as file descriptors that the main process
+        # must fetch from the worker that sent them: a hung worker cannot block the main process that way.
+        torch.multiprocessing.set_sharing_strategy("file_system")
     split = d.TRAIN_SPLIT if train else d.TEST_SPLIT
     return VideoLoader(dataset, loader, FailureTracker(split, len(dataset.manifest.samples), d.MAX_FAIL_FRACTION))

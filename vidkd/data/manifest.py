@@ -15,7 +15,7 @@ import json
 import os
 import random
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from vidkd.errors import AnnotationError
 
@@ -70,19 +70,42 @@ class Manifest:
     @classmethod
     def load(cls, path):
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
             raise AnnotationError(path, 0, "manifest not found (run the data_prep script for this dataset)")
         except json.JSONDecodeError as e:
             raise AnnotationError(path, e.lineno, f"not a valid manifest: {e.msg}")
+        except (OSError, ValueError, RecursionError) as e:  # a folder, not UTF-8, a huge int, deep nesting
+            raise AnnotationError(path, 0, f"not a valid manifest: {e}")
+        samples = data.pop("samples", None) if isinstance(data, dict) else None
+        if not isinstance(samples, list):
+            raise AnnotationError(path, 0, "not a vidkd manifest: no list of samples")
         try:
-            samples = [VideoRecord(**s) for s in data.pop("samples")]
-            manifest = cls(**data, samples=samples)
-        except (TypeError, KeyError) as e:
+            manifest = cls(**data, samples=[VideoRecord(**s) for s in samples])
+        except TypeError as e:  # a missing or unknown field
             raise AnnotationError(path, 0, f"not a vidkd manifest: {e}")
+        _check_types(manifest, path, "the manifest")
+        heads = manifest.label_sets
+        if not heads or not all(isinstance(names, list) and all(isinstance(n, str) for n in names)
+                                for names in heads.values()):
+            raise AnnotationError(path, 0, f"label_sets must map one or more heads to lists of class names, "
+                                           f"got {heads!r}")
         for i, rec in enumerate(manifest.samples):
-            for head, y in rec.targets.items():
-                if head not in manifest.label_sets or not 0 <= y < len(manifest.label_sets[head]):
-                    raise AnnotationError(path, 0, f"sample {i} ({rec.id}): target {head}={y} is out of range")
+            _check_types(rec, path, f"sample {i}")
+            if rec.targets.keys() != heads.keys() or not all(
+                    type(y) is int and 0 <= y < len(heads[head]) for head, y in rec.targets.items()):
+                sizes = ", ".join(f"{h}: {len(n)} classes" for h, n in heads.items())
+                raise AnnotationError(path, 0, f"sample {i} ({rec.id}): targets {rec.targets} do not fit the label "
+                                               f"sets ({sizes})")
         return manifest
+
+
+def _check_types(record, path, what):
+    """An AnnotationError unless each field of the dataclass `record` holds its annotated type (an int may
+    stand for a float, a bool for nothing else)."""
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if not isinstance(value, (int, float) if f.type is float else f.type) or (
+                isinstance(value, bool) and f.type is not bool):
+            raise AnnotationError(path, 0, f"{what}: {f.name} must be a {f.type.__name__}, got {value!r}")

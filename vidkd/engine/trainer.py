@@ -10,14 +10,15 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from vidkd.data.loader import build_loader
 from vidkd.distill.build import build_distiller, teachers_needed
-from vidkd.engine import distributed
+from vidkd.engine import checkpointing, distributed
 from vidkd.engine.evaluate import MultiViewEvaluator
-from vidkd.errors import ConfigError
+from vidkd.errors import ConfigError, TrainingError
 from vidkd.models import MODELS, build_from_config
 from vidkd.models.base import split_heads
 from vidkd.models.checkpoint import load_checkpoint, save_model
@@ -120,6 +121,9 @@ class Trainer:
         self.rank, self.world, self.device = distributed.init()
         import deepspeed
 
+        if cfg.TRAIN.DETERMINISTIC:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+            torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.SEED)
         self.train_loader = build_loader(cfg, True, self.rank, self.world)
         self.test_loader = build_loader(cfg, False, self.rank, self.world)
@@ -144,63 +148,144 @@ class Trainer:
         if t.EMA:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.EMA_DECAY))
-        self.out = cfg.OUTPUT_DIR
-        self.start_epoch, self.history = 0, []
+        self.out, self.checkpoints = cfg.OUTPUT_DIR, os.path.join(cfg.OUTPUT_DIR, CHECKPOINTS)
+        # Where training stands: epochs completed, batches done in the epoch in progress, and the meters of
+        # that partial epoch on this rank (None at an epoch's start).
+        self.position, self.meters, self.history = {"epoch": 0, "batch": 0}, None, []
+        self.bad_steps = {"total": 0, "in_a_row": 0}  # steps skipped for a non-finite loss
+        saved = checkpointing.complete(self.checkpoints)
+        if resume == "auto":
+            self._resume()
+        elif saved:
+            raise ConfigError(f"{self.checkpoints}: holds checkpoints of an earlier run; continue it with "
+                              f"--resume auto, or train afresh in another OUTPUT_DIR (vidkd does not overwrite them)")
         if self.rank == 0:
             os.makedirs(self.out, exist_ok=True)
             with open(os.path.join(self.out, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
-        if resume == "auto" and os.path.isfile(os.path.join(self.out, CHECKPOINTS, "latest")):
-            self._resume()
+            with open(os.path.join(self.out, "metrics.jsonl"), "w") as f:  # the records up to the resumed step
+                f.writelines(json.dumps(r) + "\n" for r in self.history)
 
     @property
     def distiller(self):
         return self.engine.module
 
     def _resume(self):
-        _, state = self.engine.load_checkpoint(os.path.join(self.out, CHECKPOINTS), load_module_strict=False)
-        self.start_epoch, self.history = state["epoch"], state["history"]
+        manifest = checkpointing.newest_intact(self.checkpoints, self.cfg.dump())
+        if manifest is None:
+            return
+        _, state = self.engine.load_checkpoint(self.checkpoints, tag=manifest["tag"], load_module_strict=False)
+        self.position, self.history, self.bad_steps = state["position"], state["history"], state["bad_steps"]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        log.info("resumed from epoch %d", self.start_epoch)
+        if self.position["batch"]:
+            if state["world_size"] != self.world:
+                raise ConfigError(f"{self.checkpoints}/{manifest['tag']}: saved mid-epoch by {state['world_size']} "
+                                  f"ranks, resumed with {self.world}: resume mid-epoch with as many ranks")
+            own = checkpointing.load_rank_state(self.checkpoints, manifest["tag"], self.rank)
+            self.meters = own["meters"]
+            with torch.no_grad():  # this rank's batch-norm statistics of the epoch in progress
+                for name, buffer in self._rank_buffers().items():
+                    buffer.copy_(own["buffers"][name])
+        log.info("resumed from epoch %d, batch %d (checkpoint %s)", self.position["epoch"], self.position["batch"],
+                 manifest["tag"])
 
-    def _save(self, epoch):
-        state = {"epoch": epoch, "history": self.history, "ema": self.ema.state_dict() if self.ema else None}
-        self.engine.save_checkpoint(os.path.join(self.out, CHECKPOINTS), tag=f"epoch_{epoch:04d}",
-                                    client_state=state, exclude_frozen_parameters=True)
+    def _rank_buffers(self):
+        """Buffers each rank updates from its own batches (batch-norm statistics) in the trained modules;
+        averaged over the ranks only at epoch ends."""
+        return {n: b for n, b in self.distiller.named_buffers() if not n.startswith("teachers.")}
+
+    def _save(self, meters):
+        """Checkpoint the current position (`self.position`); `meters`: this rank's partial-epoch meters, saved
+        with its own batch-norm statistics in its rank file."""
+        student = self.distiller.student
+        broken = [n for n, p in student.named_parameters() if not torch.isfinite(p).all()]
+        if broken:
+            raise TrainingError(f"the student's weights are not finite ({', '.join(broken[:5])}); the last good "
+                                f"checkpoint in {self.checkpoints} is kept")
+        epoch, batch = self.position["epoch"], self.position["batch"]
+        tag = f"epoch_{epoch:04d}" + (f"_batch_{batch:06d}" if batch else "")
+        state = {"position": dict(self.position), "history": self.history, "bad_steps": dict(self.bad_steps),
+                 "world_size": self.world, "ema": self.ema.state_dict() if self.ema else None}
+        own = {"meters": meters, "buffers": self._rank_buffers()}
+        checkpointing.save(self.engine, self.checkpoints, tag, state, own, self.cfg.dump(),
+                           self.cfg.TRAIN.KEEP_CHECKPOINTS)
+
+    def _check_step(self, losses):
+        """(whether any rank lost its batch, names of the non-finite loss terms if any rank has one), the same
+        decision on every rank. `losses` is None for a lost batch."""
+        local = [name for name, v in (losses or {}).items() if not torch.isfinite(v.detach()).all()]
+        lost, bad = distributed.all_reduce_sum([float(losses is None), float(bool(local))], self.device)
+        return lost > 0, (local or ["(on another rank)"]) if bad else []
+
+    def _skip_step(self, bad, epoch, batch):
+        self.bad_steps["total"] += 1
+        self.bad_steps["in_a_row"] += 1
+        if self.rank == 0:
+            log.warning("epoch %d, batch %d: non-finite loss term(s) %s; step skipped (%d in a row, %d in all)",
+                        epoch + 1, batch + 1, ", ".join(bad), self.bad_steps["in_a_row"], self.bad_steps["total"])
+        if self.bad_steps["in_a_row"] >= self.cfg.TRAIN.MAX_BAD_STEPS:
+            saved = checkpointing.complete(self.checkpoints)
+            raise TrainingError(f"{self.bad_steps['in_a_row']} steps in a row had a non-finite loss (last: "
+                                f"{', '.join(bad)}; TRAIN.MAX_BAD_STEPS); the last good checkpoint: "
+                                f"{os.path.join(self.checkpoints, saved[0]['tag']) if saved else 'none'}")
 
     def train_epoch(self, epoch):
+        """Train epoch `epoch` from batch `self.position["batch"]` on; returns its record (meters reduced over
+        the ranks). Each step draws its random numbers from (SEED, epoch, batch, rank) alone, and the loader's
+        from (SEED, epoch, index): a run resumed at any step repeats the uninterrupted one exactly."""
+        t = self.cfg.TRAIN
         self.distiller.train()
         self.distiller.epoch = epoch
-        self.train_loader.set_epoch(epoch)
-        sums, count, w_vit = {}, 0, []
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.TRAIN.EPOCHS}", unit="batch",
-                   disable=self.rank != 0)
+        start = self.position["batch"]
+        self.train_loader.set_epoch(epoch, start)
+        m = self.meters or {"sums": {}, "count": 0, "w_vit": torch.zeros(0), "failures": {}, "skipped": 0}
+        self.meters = None
+        self.train_loader.tracker.epoch_failures = m["failures"]
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{t.EPOCHS}", unit="batch", initial=start,
+                   total=self.train_loader.batches_per_epoch, disable=self.rank != 0)
         dtype = next(self.distiller.student.parameters()).dtype
-        for batch in bar:
-            batch = {"video": batch["video"].to(self.device, dtype, non_blocking=True),
-                     "targets": {h: y.to(self.device) for h, y in batch["targets"].items()}}
-            _, losses = self.engine(batch)
-            loss = sum(losses.values())
-            self.engine.backward(loss)
-            self.engine.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.distiller.student)
-            n = len(batch["video"])
-            count += n
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
-            if "w_vit" in self.distiller.stats:
-                w_vit.append(self.distiller.stats["w_vit"].detach().float().cpu())
-            bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()})
-        names = sorted(sums)
-        reduced = distributed.all_reduce_sum([sums[k] for k in names] + [count], self.device)
+        for batch_index, batch in enumerate(bar, start):
+            self.position["batch"] = batch_index + 1
+            step_rng = np.random.default_rng([self.cfg.SEED, epoch, batch_index, self.rank])
+            torch.manual_seed(int(step_rng.integers(2**62)))
+            losses = None  # a batch lost with a loader worker (its videos are counted as failed)
+            if batch is not None:
+                batch = {"video": batch["video"].to(self.device, dtype, non_blocking=True),
+                         "targets": {h: y.to(self.device) for h, y in batch["targets"].items()}}
+                _, losses = self.engine(batch)
+            lost, bad = self._check_step(losses)
+            if lost:  # every rank skips the step
+                continue
+            if bad:
+                m["skipped"] += 1
+                self._skip_step(bad, epoch, batch_index)
+            else:
+                self.bad_steps["in_a_row"] = 0
+                self.engine.backward(sum(losses.values()))
+                self.engine.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.distiller.student)
+                n = len(batch["video"])
+                m["count"] += n
+                for name, value in losses.items():
+                    m["sums"][name] = m["sums"].get(name, 0.0) + float(value.detach()) * n
+                if "w_vit" in self.distiller.stats:
+                    m["w_vit"] = torch.cat([m["w_vit"], self.distiller.stats["w_vit"].detach().float().cpu()])
+                bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()})
+            last = batch_index + 1 == self.train_loader.batches_per_epoch
+            if (t.CHECKPOINT_STEPS and (batch_index + 1) % t.CHECKPOINT_STEPS == 0 and not last
+                    and self.engine.micro_steps % t.GRAD_ACCUM_STEPS == 0):
+                m["failures"] = dict(self.train_loader.tracker.epoch_failures)
+                self._save(m)
+        names = sorted(m["sums"])
+        reduced = distributed.all_reduce_sum([m["sums"][k] for k in names] + [m["count"]], self.device)
         record = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0],
-                  "failed_videos": self.train_loader.tracker.count}
+                  "failed_videos": self.train_loader.tracker.count, "skipped_steps": m["skipped"]}
         record.update({f"loss/{k}": v / reduced[-1] for k, v in zip(names, reduced[:-1])})
         record["loss/total"] = sum(record[f"loss/{k}"] for k in names)
-        if w_vit:
-            w = torch.cat(w_vit)
+        if len(m["w_vit"]):
+            w = m["w_vit"]
             hist = distributed.all_reduce_sum(torch.histc(w, bins=10, min=0, max=1).tolist() + [float(w.sum())],
                                               self.device)
             record["datw/w_vit_mean"] = hist[-1] / sum(hist[:-1])
@@ -223,13 +308,13 @@ class Trainer:
         return checksum
 
     def fit(self):
-        """Train from `start_epoch` to TRAIN.EPOCHS; returns the final test metrics."""
+        """Train from `self.position` to TRAIN.EPOCHS; returns the final test metrics."""
         from torch.utils.tensorboard import SummaryWriter
 
         t = self.cfg.TRAIN
         writer = SummaryWriter(os.path.join(self.out, "tensorboard")) if self.rank == 0 else None
         metrics = {}
-        for epoch in range(self.start_epoch, t.EPOCHS):
+        for epoch in range(self.position["epoch"], t.EPOCHS):
             start = time.time()
             record = self.train_epoch(epoch)
             record["student_checksum"] = self._synchronize_models()
@@ -242,8 +327,9 @@ class Trainer:
             self.history.append(record)
             if self.rank == 0:
                 self._log(record, writer)
+            self.position = {"epoch": epoch + 1, "batch": 0}
             if last or (epoch + 1) % t.CHECKPOINT_PERIOD == 0:
-                self._save(epoch + 1)
+                self._save(None)
         if self.rank == 0:
             writer.close()
             save_model(self.eval_model(), os.path.join(self.out, "student.pt"), heads=self.heads,

@@ -10,7 +10,7 @@ Then fit it to the model: a prefix the model has and the checkpoint lacks (vidkd
 third-party network) is added; a classifier of another class count is dropped (reported); a learned
 position table of another token grid is resized trilinearly over (T, H, W), e.g. 16 -> 8 frames; a position
 table meant for a model whose table is fixed (sin-cos, not a parameter) is dropped (reported). Any other
-missing, unexpected or mis-shaped key is an error naming the keys; `partial=True` allows missing and
+missing, unexpected, mis-shaped or mis-typed key is an error naming the keys; `partial=True` allows missing and
 unexpected keys (a backbone-only load) and reports them.
 """
 import glob
@@ -35,13 +35,14 @@ def read_state_dict(path):
     except FileNotFoundError:
         raise CheckpointError(f"{file}: checkpoint not found")
     except Exception as e:  # pickle.UnpicklingError for objects beyond plain data, RuntimeError for a bad zip
-        raise CheckpointError(f"{file}: cannot be read as a weights-only checkpoint ({str(e).splitlines()[0]})")
-    while isinstance(data, dict):
-        inner = next((data[k] for k in WRAPPER_KEYS if isinstance(data.get(k), dict)), None)
-        if inner is None:
-            break
-        data = inner
-    state = {k: v for k, v in data.items() if torch.is_tensor(v)} if isinstance(data, dict) else {}
+        first_line = str(e).partition("\n")[0]
+        raise CheckpointError(f"{file}: cannot be read as a weights-only checkpoint ({type(e).__name__}: {first_line})")
+    unwrapped = set()  # ids of the dicts looked into: a pickle may make a dict its own wrapper
+    while isinstance(data, dict) and id(data) not in unwrapped:
+        unwrapped.add(id(data))
+        data = next((data[k] for k in WRAPPER_KEYS if isinstance(data.get(k), dict)), data)
+    items = data.items() if isinstance(data, dict) else ()
+    state = {k: v for k, v in items if isinstance(k, str) and torch.is_tensor(v)}
     if not state:
         raise CheckpointError(f"{file}: holds no tensors under any of {WRAPPER_KEYS}")
     return {_strip(k): v for k, v in state.items()}
@@ -49,15 +50,20 @@ def read_state_dict(path):
 
 def _deepspeed_file(folder):
     latest = os.path.join(folder, "latest")
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            tag = f.read().strip()
-    else:
-        tags = sorted(glob.glob(os.path.join(folder, "*", DEEPSPEED_STATES)), key=os.path.getmtime)
-        if not tags:
+    if not os.path.isfile(latest):
+        files = sorted(glob.glob(os.path.join(folder, "*", DEEPSPEED_STATES)), key=os.path.getmtime)
+        if not files:
             raise CheckpointError(f"{folder}: neither a 'latest' file nor any */{DEEPSPEED_STATES}")
-        tag = os.path.basename(os.path.dirname(tags[-1]))
-    return os.path.join(folder, tag, DEEPSPEED_STATES)
+        return files[-1]
+    try:
+        with open(latest, encoding="utf-8") as f:
+            tag = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{latest}: cannot be read as the name of a tag ({e})")
+    file = os.path.join(folder, tag, DEEPSPEED_STATES)
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{latest}: names the tag {tag!r}, but {file} does not exist")
+    return file
 
 
 def _strip(key):
@@ -78,7 +84,7 @@ def load_checkpoint(model, path, partial=False):
     state = {prefix + k: v for k, v in state.items()}
     notes = []
     head = f"{model.head_name}.weight"
-    if head in state and state[head].shape != own[head].shape:
+    if head in state and state[head].shape != own[head].shape and state[head].shape[1:] == own[head].shape[1:]:
         notes.append(f"classifier dropped: {state[head].shape[0]} classes in the checkpoint, {own[head].shape[0]} here")
         state = {k: v for k, v in state.items() if not k.startswith(model.head_name + ".")}
     if "pos_embed" in state:
@@ -88,10 +94,10 @@ def load_checkpoint(model, path, partial=False):
         elif state["pos_embed"].shape != own["pos_embed"].shape:
             state["pos_embed"] = _resize_positions(state["pos_embed"], model.token_grid, path)
             notes.append(f"pos_embed resized to the token grid {tuple(model.token_grid)}")
-    shapes = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
-              for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if shapes:
-        raise CheckpointError(f"{path}: mis-shaped keys:\n  " + "\n  ".join(shapes))
+    unfit = [f"{k}: {_describe(v)} in the checkpoint, {_describe(own[k])} in the model"
+             for k, v in state.items() if k in own and _describe(v) != _describe(own[k])]
+    if unfit:
+        raise CheckpointError(f"{path}: mis-shaped or mis-typed keys:\n  " + "\n  ".join(unfit))
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
     if (missing or unexpected) and not partial:
@@ -101,9 +107,20 @@ def load_checkpoint(model, path, partial=False):
     return {"loaded": len(state) - len(unexpected), "missing": missing, "unexpected": unexpected, "notes": notes}
 
 
+def _describe(tensor):
+    """Shape and kind of a tensor: what a checkpoint's must share with the model's to load into it (bf16 into
+    fp32 is fine; integers or complex numbers into floats, or a sparse layout, are not)."""
+    kind = "complex" if tensor.is_complex() else "float" if tensor.is_floating_point() else "integer"
+    layout = "" if tensor.layout == torch.strided else f" {tensor.layout}"
+    return f"{tuple(tensor.shape)} {kind}{layout}"
+
+
 def _resize_positions(table, grid, path):
     """[1, N, D] position table -> the model's (T, H, W) grid, trilinear. The old grid keeps the model's
     spatial size if N allows, else its frame count, else square H = W."""
+    dense_floats = table.layout == torch.strided and table.is_floating_point()
+    if not (dense_floats and table.dim() == 3 and len(table) == 1 and table.numel()):
+        raise CheckpointError(f"{path}: pos_embed {_describe(table)} is not a [1, tokens, width] table of floats")
     n, d = table.shape[1:]
     t, h, w = grid
     if n % (h * w) == 0:

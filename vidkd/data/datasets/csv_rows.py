@@ -1,5 +1,6 @@
 """Shared helpers of the dataset parsers: annotation rows with `file:line` errors, and writing manifests."""
 import csv
+import io
 import os
 
 from vidkd.errors import AnnotationError
@@ -11,41 +12,41 @@ def read_csv_rows(path, columns):
     `row` maps each header name to its stripped value; blank lines are skipped; the header is line 1.
     Raises AnnotationError for a missing file or column and for a row with the wrong number of fields.
     """
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
     try:
-        f = open(path, newline="", encoding="utf-8-sig")
-    except OSError as e:
-        raise AnnotationError(path, 0, f"cannot read: {e.strerror}")
-    with f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader, [])]
-            absent = [c for c in columns if c not in header]
-            if absent:
-                raise AnnotationError(path, 1, f"missing column(s) {', '.join(absent)} in header {header}")
-            for fields in reader:
-                if not "".join(fields).strip():
-                    continue
-                if len(fields) != len(header):
-                    raise AnnotationError(path, reader.line_num,
-                                          f"{len(fields)} fields, the header has {len(header)}")
-                yield reader.line_num, {h: v.strip() for h, v in zip(header, fields)}
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise AnnotationError(path, reader.line_num, f"not a readable CSV file: {e}")
+        header = [h.strip() for h in next(reader, [])]
+        absent = [c for c in columns if c not in header]
+        if absent:
+            raise AnnotationError(path, 1, f"missing column(s) {', '.join(absent)} in header {header}")
+        for fields in reader:
+            if not "".join(fields).strip():
+                continue
+            if len(fields) != len(header):
+                raise AnnotationError(path, reader.line_num, f"{len(fields)} fields, the header has {len(header)}")
+            yield reader.line_num, {h: v.strip() for h, v in zip(header, fields)}
+    except csv.Error as e:
+        raise AnnotationError(path, reader.line_num, f"not a readable CSV file: {e}")
 
 
 def read_lines(path):
     """Yield `(line_no, text)` for each non-blank line of a text file, stripped (CRLF and trailing spaces)."""
+    for line_no, line in enumerate(io.StringIO(_read_text(path), newline=None), 1):
+        if line.strip():
+            yield line_no, line.strip()
+
+
+def _read_text(path):
+    """The text of a UTF-8 file (without a byte-order mark); a byte that is not UTF-8 is an error at its line."""
     try:
-        f = open(path, encoding="utf-8-sig")
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise AnnotationError(path, 0, f"cannot read: {e.strerror}")
-    with f:
-        try:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    yield line_no, line.strip()
-        except UnicodeDecodeError as e:
-            raise AnnotationError(path, 0, f"not a UTF-8 text file: {e}")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        raise AnnotationError(path, data.count(b"\n", 0, e.start) + 1,
+                              f"not UTF-8 text: {e.reason} at byte {e.start} ({data[e.start:e.end]!r})")
 
 
 def to_number(value, path, line, what, kind=int):

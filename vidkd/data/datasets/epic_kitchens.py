@@ -8,6 +8,7 @@ Annotations (github.com/epic-kitchens/epic-kitchens-100-annotations):
   EPIC_100_video_info.csv: video_id,duration,fps,resolution
 Data: `<participant_id>/videos/<video_id>.MP4`, or frames `<participant_id>/rgb_frames/<video_id>/`.
 """
+import math
 import os
 
 from vidkd.data.datasets.csv_rows import read_csv_rows, to_number
@@ -40,8 +41,8 @@ def read_video_info(path):
     for line, row in read_csv_rows(path, ("video_id", "duration", "fps")):
         duration = to_number(row["duration"], path, line, "duration", float)
         fps = to_number(row["fps"], path, line, "fps", float)
-        if not (duration > 0 and fps > 0):
-            raise AnnotationError(path, line, f"duration and fps must be positive, got {duration}, {fps}")
+        if not (0 < duration < math.inf and 0 < fps < math.inf):
+            raise AnnotationError(path, line, f"duration and fps must be positive and finite, got {duration}, {fps}")
         info[row["video_id"]] = (duration, fps)
     return info
 

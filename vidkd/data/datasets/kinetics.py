@@ -44,6 +44,9 @@ def parse_kinetics_csv(csv_path, videos_dir, classes=None, index=None):
         label = class_index(labels, row["label"], csv_path, line)
         start = to_number(row["time_start"], csv_path, line, "time_start")
         end = to_number(row["time_end"], csv_path, line, "time_end")
+        if not 0 <= start < end:
+            raise AnnotationError(csv_path, line, f"time_start {start} and time_end {end}: need "
+                                                  f"0 <= time_start < time_end")
         name = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
         if name not in index:
             missing.append(name)

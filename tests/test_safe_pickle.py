@@ -1,0 +1,128 @@
+"""The restricted pickle reader: plain data and numpy arrays load; anything that could run code is refused
+before it runs; a corrupt file gives one clear error naming it."""
+import os
+import pickle
+import tempfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vidkd import safe_pickle
+from vidkd.errors import CheckpointError, UnsafePickleError
+
+I3D_LIKE = {"params": {"conv3d_1a_7x7": {"w": np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)},
+                       "logits": {"b": np.ones(5, np.float32)}},
+            "batch_stats": {"conv3d_1a_7x7": {"mean": np.zeros(4, np.float32), "var": np.float32(1.5)}}}
+
+
+def dumped(tmp_path, obj, protocol=pickle.DEFAULT_PROTOCOL, name="x.pkl"):
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    return str(path)
+
+
+def assert_same(a, b):
+    """Equal, and numpy arrays and scalars of the same dtype."""
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_plain_data_round_trips(tmp_path, protocol):
+    data = {"a": [1, 2.5, "x", b"\x00\xff", None, True], "t": (1, (2,)), "s": {1, 2}, "f": frozenset("ab"),
+            "c": 1 - 2j, "ba": bytearray(b"xy"), 3: {"nested": [{"deep": -(10**30)}]}}
+    assert safe_pickle.load(dumped(tmp_path, data, protocol)) == data
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_numpy_arrays_load_only_when_allowed(tmp_path, protocol):
+    path = dumped(tmp_path, I3D_LIKE, protocol)
+    assert_same(safe_pickle.load(path, allow_numpy=True), I3D_LIKE)
+    with pytest.raises(UnsafePickleError, match=r"x\.pkl: refused numpy\._core\.(multiarray\._reconstruct|"
+                                                r"numeric\._frombuffer)"):
+        safe_pickle.load(path)
+
+
+class WritesAFile:
+    def __init__(self, path, how):
+        self.path, self.how = path, how
+
+    def __reduce__(self):
+        if self.how == "open":
+            return open, (self.path, "w")
+        if self.how == "exec":
+            return exec, (f"open({self.path!r}, 'w').close()",)
+        return os.system, (f"touch {self.path}",)
+
+
+@pytest.mark.parametrize("how, name", [("open", "io.open"), ("exec", "builtins.exec"), ("system", "posix.system")])
+def test_a_pickle_carrying_code_is_refused_before_it_runs(tmp_path, how, name):
+    victim = tmp_path / "pwned.txt"
+    path = dumped(tmp_path, {"params": {"w": WritesAFile(str(victim), how)}})
+    with pytest.raises(UnsafePickleError, match=rf"x\.pkl: refused {name}:") as e:
+        safe_pickle.load(path, allow_numpy=True)
+    assert e.value.name == name and not victim.exists()
+
+
+class Subclass(np.ndarray):
+    def __setstate__(self, state):
+        raise AssertionError("a subclass's code ran")
+
+
+class ReconstructsADtype:
+    """Pickles as numpy's `_reconstruct` called with numpy.dtype in place of ndarray."""
+
+    def __reduce__(self):
+        return np.zeros(0).__reduce__()[0], (np.dtype, (0,), b"b")
+
+
+def test_an_ndarray_subclass_is_refused(tmp_path):
+    with pytest.raises(UnsafePickleError, match="refused test_safe_pickle.Subclass"):
+        safe_pickle.load(dumped(tmp_path, np.zeros(3).view(Subclass)), allow_numpy=True)
+    with pytest.raises(UnsafePickleError, match="refused numpy.matrix"):
+        safe_pickle.load(dumped(tmp_path, np.matrix([[1.0]])), allow_numpy=True)
+    with pytest.raises(UnsafePickleError, match="_reconstruct of <class 'numpy.dtype'>, not a plain numpy.ndarray"):
+        safe_pickle.load(dumped(tmp_path, ReconstructsADtype()), allow_numpy=True)
+
+
+def test_truncated_and_missing_files_give_one_clear_error(tmp_path):
+    whole = pickle.dumps(I3D_LIKE)
+    for cut in (0, 1, len(whole) // 2, len(whole) - 1):
+        (tmp_path / "cut.pkl").write_bytes(whole[:cut])
+        with pytest.raises(CheckpointError, match=r"cut\.pkl: not a readable pickle \(truncated or corrupt"):
+            safe_pickle.load(str(tmp_path / "cut.pkl"), allow_numpy=True)
+    with pytest.raises(CheckpointError, match="none.pkl: cannot read: No such file"):
+        safe_pickle.load(str(tmp_path / "none.pkl"))
+
+
+def test_a_huge_memo_index_is_not_allocated(tmp_path):
+    """The C unpickler would grow its memo array to ~4 GB for this 9-byte pickle."""
+    (tmp_path / "memo.pkl").write_bytes(b"\x80\x04N" + b"r" + (2**28).to_bytes(4, "little") + b".")
+    assert safe_pickle.load(str(tmp_path / "memo.pkl")) is None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=300),
+                 st.builds(lambda head, tail: head + tail, st.sampled_from([b"\x80\x04", b"\x80\x05", b"\x80\x02"]),
+                           st.binary(max_size=100)),
+                 st.builds(lambda data, cut: data[:cut], st.just(pickle.dumps(I3D_LIKE)), st.integers(0, 800))),
+       st.booleans())
+def test_random_bytes_give_a_value_or_the_one_error(content, allow_numpy):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "r.pkl")
+        with open(path, "wb") as f:
+            f.write(content)
+        try:
+            safe_pickle.load(path, allow_numpy)
+        except CheckpointError as e:
+            assert str(e).startswith(f"{path}: "), str(e)
+

@@ -1,0 +1,154 @@
+"""Training checkpoints that survive a kill: written under a temporary name and renamed, each with a manifest.
+
+A checkpoint is a DeepSpeed folder `OUTPUT_DIR/checkpoints/<tag>/` (model, optimiser, scheduler and the
+client state, which holds the resume position, EMA and history) plus one `rank_NNN.pt` per rank (that rank's
+partial-epoch meters) and `MANIFEST.json`: the step, the config, and the size and SHA-256 of every file.
+It is written as `.partial_<tag>/`, the manifest last, then renamed to `<tag>/` and named in `latest`: a run
+killed (or out of disk space) while writing leaves the previous checkpoints as they were. The newest
+TRAIN.KEEP_CHECKPOINTS complete checkpoints are kept.
+
+On resume, the newest checkpoint whose files match its manifest is used; a truncated or corrupt one is
+reported and the previous one tried. A checkpoint written with another config is refused, naming the keys
+that differ, unless they are among RESUMABLE_CHANGES (schedule length, periods, loader and decoder settings).
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+
+import torch
+import yaml
+
+from vidkd.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("vidkd.engine")
+MANIFEST = "MANIFEST.json"
+PARTIAL = ".partial_"
+# Config keys a resumed run may change: how long and how often, and how data is read, not what is learnt.
+RESUMABLE_CHANGES = ("OUTPUT_DIR", "TRAIN.EPOCHS", "TRAIN.EVAL_PERIOD", "TRAIN.CHECKPOINT_PERIOD",
+                     "TRAIN.CHECKPOINT_STEPS", "TRAIN.KEEP_CHECKPOINTS", "TRAIN.MAX_BAD_STEPS", "DATA.NUM_WORKERS",
+                     "DATA.PREFETCH_FACTOR", "DATA.PIN_MEMORY", "DATA.DECODER", "DATA.DECODE_THREADS",
+                     "DATA.DECODE_TIMEOUT", "DATA.BATCH_TIMEOUT", "TEST.BATCH_SIZE")
+
+
+def rank_file(rank):
+    return f"rank_{rank:03d}.pt"
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _barrier():
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def save(engine, folder, tag, client_state, rank_state, config_text, keep):
+    """Every rank calls this. Writes checkpoint `tag` (see the module docstring) and prunes old ones."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    partial = os.path.join(folder, PARTIAL + tag)
+    if rank == 0 and os.path.isdir(partial):
+        shutil.rmtree(partial)  # left by a run killed while writing
+    _barrier()
+    engine.save_checkpoint(folder, tag=PARTIAL + tag, client_state=client_state, save_latest=False,
+                           exclude_frozen_parameters=True)
+    torch.save(rank_state, os.path.join(partial, rank_file(rank)))
+    _barrier()
+    if rank == 0:
+        files = {name: {"bytes": os.path.getsize(os.path.join(partial, name)),
+                        "sha256": _sha256(os.path.join(partial, name))}
+                 for name in sorted(os.listdir(partial))}
+        manifest = {"tag": tag, "position": client_state["position"], "config": config_text, "files": files}
+        _write_atomic(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=1))
+        final = os.path.join(folder, tag)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _write_atomic(os.path.join(folder, "latest"), tag)
+        for old in complete(folder)[keep:]:
+            shutil.rmtree(os.path.join(folder, old["tag"]))
+    _barrier()
+
+
+def complete(folder):
+    """Manifests of the finished checkpoints in `folder`, newest (furthest position) first."""
+    found = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        path = os.path.join(folder, name, MANIFEST)
+        if name.startswith(PARTIAL) or not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+            position = (int(manifest["position"]["epoch"]), int(manifest["position"]["batch"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("checkpoint %s has an unreadable manifest (%s); ignored", path, e)
+            continue
+        found.append({**manifest, "tag": name, "order": position})
+    return sorted(found, key=lambda m: m["order"], reverse=True)
+
+
+def damage(folder, manifest):
+    """What is wrong with checkpoint `manifest` in `folder` (a missing, truncated or changed file), or None."""
+    for name, meta in manifest["files"].items():
+        path = os.path.join(folder, manifest["tag"], name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != meta["bytes"]:
+            return f"{name} has {os.path.getsize(path)} bytes, {meta['bytes']} when written"
+        if _sha256(path) != meta["sha256"]:
+            return f"{name} does not match its SHA-256"
+    return None
+
+
+def config_differences(saved_text, current_text):
+    """Keys (dotted) whose values differ between two config dumps, except RESUMABLE_CHANGES: {key: (saved, now)}."""
+    def flat(node, prefix=""):
+        out = {}
+        for k, v in node.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    saved, now = flat(yaml.safe_load(saved_text)), flat(yaml.safe_load(current_text))
+    return {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys())
+            if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES}
+
+
+def newest_intact(folder, config_text):
+    """The manifest of the newest checkpoint in `folder` that is intact, or None if there is none. A damaged
+    one is reported and skipped; one from another config raises ConfigError naming the differing keys."""
+    for manifest in complete(folder):
+        where = os.path.join(folder, manifest["tag"])
+        problem = damage(folder, manifest)
+        if problem:
+            log.warning("checkpoint %s is damaged (%s); trying the previous one", where, problem)
+            continue
+        differ = config_differences(manifest["config"], config_text)
+        if differ:
+            listing = "\n  ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in differ.items())
+            raise ConfigError(f"{where}: written with another config (resume with the same config, or start "
+                              f"afresh with --resume none or another OUTPUT_DIR):\n  {listing}")
+        return manifest
+    return None
+
+
+def load_rank_state(folder, tag, rank):
+    path = os.path.join(folder, tag, rank_file(rank))
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: missing: the checkpoint was written by fewer ranks than run now")
+    return torch.load(path, map_location="cpu", weights_only=True)
