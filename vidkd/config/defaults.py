@@ -89,6 +89,13 @@ _C.MODEL.VIT_DEPTH = 0
 # Scale of the VideoMAE ViTs' initial classifier weights: 0.001 (VideoMAE fine-tuning of a pretrained backbone:
 # a near-uniform start) | 1.0 (training from scratch: with 0.001 a small ViT barely leaves chance in a short run).
 _C.MODEL.VIT_HEAD_INIT_SCALE = 0.001
+# 3D CNNs (student and teachers) in the channels_last_3d memory format: faster convolutions on GPUs and recent
+# CPUs; same outputs.
+_C.MODEL.CHANNELS_LAST = True
+# torch.compile the student and the teachers (first steps slower while compiling; same outputs).
+_C.MODEL.COMPILE = False
+# On the GPU, the frozen teachers run under bf16 autocast (their outputs are cast to fp32 for the losses).
+_C.MODEL.TEACHER_AUTOCAST = True
 # Allow a checkpoint that fills only part of a model (e.g. a backbone without its head).
 _C.MODEL.PARTIAL_LOAD = False
 
@@ -181,6 +188,13 @@ _C.DISTILL.SDD = True
 _C.DISTILL.SDD_DIM = 256
 # SDD projections phi: fixed (seeded orthogonal, not trained) | learned (phi_V fit to phi_C on teacher features).
 _C.DISTILL.SDD_PHI = "fixed"
+# Teacher-output cache: off (teachers run live) | auto (build it if missing or stale, then train from it) |
+# require (train from it; fail if missing or stale). Only for methods that need teacher outputs alone.
+_C.DISTILL.CACHE = "off"
+# Folder of the cache ("" = teacher_cache/ beside the training manifest).
+_C.DISTILL.CACHE_DIR = ""
+# Augmented views per training video in the cache; each epoch draws one of them per video.
+_C.DISTILL.CACHE_VIEWS = 8
 
 # ----------------------------------------------------------------------------- testing
 _C.TEST = CfgNode()
@@ -190,6 +204,11 @@ _C.TEST.BATCH_SIZE = 8
 _C.TEST.NUM_CLIPS = 10
 # Spatial crops per clip: 1 (center) or 3 (both ends and the center of the long side).
 _C.TEST.NUM_CROPS = 3
+
+# ----------------------------------------------------------------------------- export (tools/export_student.py)
+_C.EXPORT = CfgNode()
+# ONNX opset of the exported student.
+_C.EXPORT.ONNX_OPSET = 17
 
 # Keys whose value must be one of a fixed set.
 CHOICES = {
@@ -206,11 +225,13 @@ CHOICES = {
     "DISTILL.DATW_CONFIDENCE": ("true_class", "max_prob", "neg_entropy"),
     "DISTILL.DATW_DISCREPANCY": ("kl", "cosine"),
     "DISTILL.SDD_PHI": ("fixed", "learned"),
+    "DISTILL.CACHE": ("off", "auto", "require"),
 }
 
 # Keys whose value must be at least this.
 MINIMUMS = {"DATA.TRAIN_PER_CLASS": 0, "TRAIN.CHECKPOINT_STEPS": 0, "TRAIN.KEEP_CHECKPOINTS": 1,
-            "TRAIN.MAX_BAD_STEPS": 1}
+            "TRAIN.MAX_BAD_STEPS": 1,
+            "DISTILL.CACHE_VIEWS": 1, "EXPORT.ONNX_OPSET": 7}
 
 
 def get_defaults():
