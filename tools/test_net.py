@@ -17,8 +17,6 @@ import json
 import logging
 import os
 
-import torch
-
 from vidkd.cli import run
 from vidkd.config import load_config
 from vidkd.data.loader import build_loader
@@ -27,7 +25,7 @@ from vidkd.engine.evaluate import plot_confusion
 from vidkd.engine.trainer import evaluate
 from vidkd.errors import CheckpointError, ConfigError
 from vidkd.models import MODELS, build_from_config
-from vidkd.models.checkpoint import load_checkpoint
+from vidkd.models.checkpoint import load_checkpoint, saved_heads
 
 log = logging.getLogger("vidkd.test")
 FULL_TABLE_CLASSES = 100  # heads with more classes print only their 10 best and 10 worst classes
@@ -68,18 +66,6 @@ def per_class_table(rows, head):
     return "\n".join(lines)
 
 
-def checkpoint_heads(path):
-    """The `heads` recorded in a vidkd weights file (save_model's meta), or None."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None  # load_checkpoint reports what is wrong with the file
-    meta = data.get("meta") if isinstance(data, dict) else None
-    return meta.get("heads") if isinstance(meta, dict) else None
-
-
 def write_outputs(out, cfg, args, name, metrics, evaluator, class_names):
     os.makedirs(out, exist_ok=True)
     rows = per_class_rows(evaluator, class_names)
@@ -118,7 +104,7 @@ def main(argv=None):
     loader = build_loader(cfg, False, rank, world)
     class_names = loader.dataset.manifest.label_sets
     heads = {h: len(names) for h, names in class_names.items()}
-    trained_heads = checkpoint_heads(args.checkpoint)
+    trained_heads = saved_heads(args.checkpoint)
     if trained_heads is not None and dict(trained_heads) != heads:
         raise CheckpointError(f"{args.checkpoint}: trained for heads {dict(trained_heads)}, the test manifest of "
                               f"DATA.TEST_SPLIT {cfg.DATA.TEST_SPLIT!r} has {heads}")

@@ -49,3 +49,7 @@ class UnsafePickleError(CheckpointError):
 class TrainingError(VidkdError):
     """Training cannot go on (e.g. the loss stayed NaN / Inf for TRAIN.MAX_BAD_STEPS steps in a row); the
     message names the loss terms and the last good checkpoint."""
+
+
+class ExportError(VidkdError):
+    """An exported model (TorchScript, ONNX) gives outputs further from the eager model's than the tolerance."""

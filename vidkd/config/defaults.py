@@ -188,9 +188,9 @@ _C.DISTILL.SDD = True
 _C.DISTILL.SDD_DIM = 256
 # SDD projections phi: fixed (seeded orthogonal, not trained) | learned (phi_V fit to phi_C on teacher features).
 _C.DISTILL.SDD_PHI = "fixed"
-# Teacher-output cache: off (teachers run live) | auto (build it if missing or stale, then train from it) |
+# Teacher-output cache: live (no cache: the teachers run every step) | auto (build it if missing or stale, then train from it) |
 # require (train from it; fail if missing or stale). Only for methods that need teacher outputs alone.
-_C.DISTILL.CACHE = "off"
+_C.DISTILL.CACHE = "live"
 # Folder of the cache ("" = teacher_cache/ beside the training manifest).
 _C.DISTILL.CACHE_DIR = ""
 # Augmented views per training video in the cache; each epoch draws one of them per video.
@@ -225,7 +225,7 @@ CHOICES = {
     "DISTILL.DATW_CONFIDENCE": ("true_class", "max_prob", "neg_entropy"),
     "DISTILL.DATW_DISCREPANCY": ("kl", "cosine"),
     "DISTILL.SDD_PHI": ("fixed", "learned"),
-    "DISTILL.CACHE": ("off", "auto", "require"),
+    "DISTILL.CACHE": ("live", "auto", "require"),
 }
 
 # Keys whose value must be at least this.

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from vidkd.data.manifest import Manifest
+from vidkd.distill.build import teachers_needed
 from vidkd.data.sampling import ClipSpec
 from vidkd.data.transforms import TestTransform, TrainTransform
 from vidkd.data.video_dataset import VideoDataset, collate
@@ -153,7 +154,15 @@ def build_dataset(cfg, train):
     else:
         transform = TestTransform(d.TEST_SHORT_SIDE, d.TEST_CROP_SIZE, d.MEAN, d.STD)
     return VideoDataset(manifest, clip_spec(cfg), transform, train, cfg.TEST.NUM_CLIPS, cfg.TEST.NUM_CROPS,
-                        d.DECODER, d.DECODE_THREADS, cfg.SEED, d.MAX_RETRIES, d.DECODE_TIMEOUT)
+                        d.DECODER, d.DECODE_THREADS, cfg.SEED, d.MAX_RETRIES, d.DECODE_TIMEOUT,
+                        cache_views(cfg) if train else 0)
+
+
+def cache_views(cfg):
+    """Views per training video: DISTILL.CACHE_VIEWS when the teachers' outputs come from the cache, else 0
+    (fresh draws every epoch)."""
+    uses_cache = cfg.DISTILL.CACHE != "live" and teachers_needed(cfg)
+    return cfg.DISTILL.CACHE_VIEWS if uses_cache else 0
 
 
 def build_loader(cfg, train, rank=0, world_size=1):

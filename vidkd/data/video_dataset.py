@@ -1,7 +1,9 @@
 """The video dataset over a manifest: decode a clip, sample its frames, transform it.
 
 Training: one item per video, one random clip (frames, crop and flip drawn from `(seed, epoch, index)`, so
-an item is the same whichever worker makes it). Testing: `n_clips x n_crops` items per video, each with
+an item is the same whichever worker makes it). With a pool of `views` per video (the teacher-output cache),
+each epoch picks one of the video's views from `(seed, epoch, index)` and the view's draws come from
+`(seed, index, view)`, so a view is the same clip every time. Testing: `n_clips x n_crops` items per video, each with
 its view index. A video that cannot be decoded is reported in the item's `failures` (path, message); in
 training another sample is drawn in its place, in testing the item comes back with
 `valid = False` so the evaluator can leave it out rather than score a different video.
@@ -21,8 +23,8 @@ from vidkd.errors import DataError, DecodeError, DecodeTimeout
 
 class VideoDataset(Dataset):
     def __init__(self, manifest, spec, transform, train, n_clips=1, n_crops=1, decoder="decord",
-                 threads=1, seed=0, max_retries=10, timeout=0.0):
-        self.manifest, self.spec, self.transform, self.train = manifest, spec, transform, train
+                 threads=1, seed=0, max_retries=10, timeout=0.0, views=0):
+        self.manifest, self.spec, self.transform, self.train, self.views = manifest, spec, transform, train, views
         self.n_clips, self.n_crops = (1, 1) if train else (n_clips, n_crops)
         self.decoder, self.threads, self.seed = decoder, threads, seed
         self.max_retries, self.timeout = max_retries, timeout
@@ -38,6 +40,16 @@ class VideoDataset(Dataset):
 
     def _train_item(self, epoch, i):
         rng = np.random.default_rng([self.seed, epoch, i])
+        if self.views:
+            return self.view_item(i, int(rng.integers(self.views)))
+        return self._draw_item(i, 0, rng)
+
+    def view_item(self, i, view):
+        """View `view` of the pool of training video `i`."""
+        return self._draw_item(i, view, np.random.default_rng([self.seed, 2**32, i, view]))
+
+    def _draw_item(self, i, view, rng):
+        """A training clip of video i (or of another one drawn from `rng` if it does not decode)."""
         failures, j = [], i
         for _ in range(self.max_retries + 1):
             try:
@@ -52,7 +64,7 @@ class VideoDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
             video = self.transform(frames)
-        return self._item(j, 0, video, True, failures)
+        return {**self._item(j, view, video, True, failures), "sample": i}
 
     def _test_item(self, i):
         j, view = divmod(i, self.n_clips * self.n_crops)
@@ -68,7 +80,7 @@ class VideoDataset(Dataset):
     def _item(self, j, view, video, valid, failures):
         targets = self.manifest.samples[j].targets
         return {"video": video, "targets": dict(targets), "index": j, "view": view, "valid": valid,
-                "failures": failures}
+                "failures": failures, "sample": j}
 
     def _decode(self, j, indices_in):
         """Frames of sample j; `indices_in(lo, hi, fps)` picks indices inside the sample's frame range."""

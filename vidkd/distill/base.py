@@ -39,11 +39,27 @@ class Distiller(nn.Module):
         """`{head: [B, K_head]}` from the side-by-side logits."""
         return split_heads(logits, self.heads)
 
-    @torch.no_grad()
     def run_teacher(self, k, video):
-        """Teacher k's `(logits, stage features, embedding)`, in fp32."""
-        logits, features, embedding = self.teacher_taps[k](video)
-        return logits.float(), [f.float() for f in features], embedding.float()
+        """Teacher k's `(logits, stage features, embedding)`, in fp32, carrying no gradient."""
+        with torch.inference_mode():
+            logits, features, embedding = self.teacher_taps[k](video)
+
+        def fp32(t):
+            # A fresh copy made outside inference mode: an inference tensor cannot be saved for backward, and
+            # losses do save teacher outputs (FitNet's MSE target; a learned phi_V's input when no pooling).
+            return t.to(torch.float32, copy=True)
+
+        return fp32(logits), [fp32(f) for f in features], fp32(embedding)
+
+    def teacher_targets(self, video):
+        """What the method needs from its teachers for `video`, as a dict of tensors `[B, ...]` (what the
+        teacher-output cache stores); a method whose teachers train, or whose targets change as it trains,
+        raises ConfigError."""
+        return {}
+
+    def targets(self, batch):
+        """The teachers' outputs for this batch: from the cache when the batch carries them, else live."""
+        return batch["teacher"] if "teacher" in batch else self.teacher_targets(batch["video"])
 
     def ce(self, logits, targets):
         """Cross-entropy with the labels, summed over heads."""

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vidkd.distill.base import Distiller
+from vidkd.errors import ConfigError
 from vidkd.distill.losses import kd_loss, kl_per_sample, match_grid, rkd_loss
 from vidkd.models.taps import probe
 
@@ -83,9 +84,13 @@ class DualTeacher(Distiller):
     def __init__(self, student, teachers, heads, cfg):
         super().__init__(student, teachers, heads, cfg)
         c = self.cfg
+        if c.SDD and c.SDD_PHI == "learned" and c.CACHE != "live":
+            raise ConfigError("DISTILL.CACHE: with DISTILL.SDD_PHI learned, phi_V trains and the SDD targets change "
+                              "as the run goes: cache them with SDD_PHI fixed, or set DISTILL.CACHE live")
         if c.SDD:
             size = (cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)
-            c_s, c_v, c_c = (probe(m, *size)["stages"][-1]["channels"] for m in (student, *self.teachers))
+            last = [probe(m, *size)["stages"][-1] for m in (student, *self.teachers)]
+            (c_s, c_v, c_c), self.grid = (s["channels"] for s in last), last[0]["grid"]
             generator = torch.Generator().manual_seed(cfg.SEED)
             self.phi_c = fixed_projection(c_c, c.SDD_DIM, generator)
             self.phi_v = fixed_projection(c_v, c.SDD_DIM, generator)
@@ -94,13 +99,27 @@ class DualTeacher(Distiller):
             self.g_main = nn.Conv3d(c_s, c.SDD_DIM, 1)
             self.g_aux = discrepancy_branch(c_s, c.SDD_DIM)
 
-    def forward(self, batch):
-        video, y, c = batch["video"], batch["targets"], self.cfg
+    def teacher_targets(self, video):
+        """Both teachers' logits; with SDD its targets r_C and r_res on the student's grid (and phi_V f_V when
+        phi_V learns: live only); with RKD the ViT's embedding."""
+        c = self.cfg
         z_v, f_v, e_v = self.run_teacher(0, video)
         z_c, f_c, _ = self.run_teacher(1, video)
+        out = {"z_v": z_v, "z_c": z_c}
+        if c.SDD:
+            out["r_c"], out["r_res"], p_v = self.sdd_targets(f_v[-1], f_c[-1], self.grid)
+            if c.SDD_PHI == "learned":
+                out["p_v"] = p_v
+        if c.RKD_WEIGHT:
+            out["e_v"] = e_v
+        return out
+
+    def forward(self, batch):
+        video, y, c = batch["video"], batch["targets"], self.cfg
+        t = self.targets(batch)
         z_s, f_s, e_s = self.student_taps(video)
         losses = {"ce": c.CE_WEIGHT * self.ce(z_s, y)}
-        datw, s, v, cnn = 0.0, self.split(z_s), self.split(z_v), self.split(z_c)
+        datw, s, v, cnn = 0.0, self.split(z_s), self.split(t["z_v"]), self.split(t["z_c"])
         for i, h in enumerate(self.heads):
             w = teacher_weights(v[h], cnn[h], s[h], y[h], c)
             z_f = w[:, :1] * v[h] + w[:, 1:] * cnn[h]  # z_f = w_V z_V + w_C z_C
@@ -109,9 +128,9 @@ class DualTeacher(Distiller):
                 self.stats = {"w_vit": w[:, 0]}
         losses["datw"] = c.LOGIT_WEIGHT * datw
         if c.SDD:
-            losses.update(self.sdd(f_v[-1], f_c[-1], f_s[-1]))
+            losses.update(self.sdd(t, f_s[-1]))
         if c.RKD_WEIGHT:
-            losses["rkd"] = c.RKD_WEIGHT * rkd_loss(e_s, e_v)
+            losses["rkd"] = c.RKD_WEIGHT * rkd_loss(e_s, t["e_v"])
         return z_s, losses
 
     def sdd_targets(self, f_v, f_c, grid):
@@ -120,11 +139,10 @@ class DualTeacher(Distiller):
         p_v = position_norm(self.phi_v(match_grid(f_v, grid)))
         return p_c.detach(), (p_v - p_c).detach(), p_v
 
-    def sdd(self, f_v, f_c, f_s):
-        r_c, r_res, p_v = self.sdd_targets(f_v, f_c, f_s.shape[2:])
+    def sdd(self, t, f_s):
         beta = self.cfg.FEATURE_WEIGHT
-        losses = {"sdd_main": beta * F.mse_loss(self.g_main(f_s), r_c),  # MSE(g_main(f_S), r_C)
-                  "sdd_aux": beta * F.mse_loss(self.g_aux(f_s), r_res)}  # MSE(g_aux(f_S), r_res)
+        losses = {"sdd_main": beta * F.mse_loss(self.g_main(f_s), t["r_c"]),  # MSE(g_main(f_S), r_C)
+                  "sdd_aux": beta * F.mse_loss(self.g_aux(f_s), t["r_res"])}  # MSE(g_aux(f_S), r_res)
         if self.cfg.SDD_PHI == "learned":  # phi_V learns to predict phi_C(f_C) from f_V alone
-            losses["sdd_phi"] = F.mse_loss(p_v, r_c)
+            losses["sdd_phi"] = F.mse_loss(t["p_v"], t["r_c"])
         return losses

@@ -16,10 +16,13 @@ class FitNet(Distiller):
         c_t = probe(self.teachers[0], *size)["stages"][-1]["channels"]
         self.regressor = Regressor(c_s, c_t)
 
+    def teacher_targets(self, video):
+        return {"feature": self.run_teacher(0, video)[1][-1]}
+
     def forward(self, batch):
-        _, f_t, _ = self.run_teacher(0, batch["video"])
+        f_t = self.targets(batch)["feature"]
         z_s, f_s, _ = self.student_taps(batch["video"])
-        hint = self.regressor(match_grid(f_s[-1], f_t[-1].shape[2:]))
+        hint = self.regressor(match_grid(f_s[-1], f_t.shape[2:]))
         c = self.cfg
         return z_s, {"ce": c.CE_WEIGHT * self.ce(z_s, batch["targets"]),
-                     "fitnet": c.FEATURE_WEIGHT * fitnet_loss(hint, f_t[-1])}
+                     "fitnet": c.FEATURE_WEIGHT * fitnet_loss(hint, f_t)}

@@ -4,8 +4,11 @@ from vidkd.distill.losses import kd_loss
 
 
 class KD(Distiller):
+    def teacher_targets(self, video):
+        return {"logits": self.run_teacher(0, video)[0]}
+
     def forward(self, batch):
-        z_t = self.run_teacher(0, batch["video"])[0]
+        z_t = self.targets(batch)["logits"]
         z_s = self.student(batch["video"])
         c = self.cfg
         kd = self.per_head(lambda s, t, y: kd_loss(s, t, c.TEMPERATURE), z_s, z_t, batch["targets"])

@@ -34,8 +34,11 @@ class OFA(Distiller):
         self.exits = nn.ModuleList(exit_branch(s["channels"], n - 1 - i, sum(self.heads.values()))
                                    for i, s in enumerate(stages))
 
+    def teacher_targets(self, video):
+        return {"logits": self.run_teacher(0, video)[0]}
+
     def forward(self, batch):
-        z_t = self.run_teacher(0, batch["video"])[0]
+        z_t = self.targets(batch)["logits"]
         z_s, features, _ = self.student_taps(batch["video"])
         c, y = self.cfg, batch["targets"]
 

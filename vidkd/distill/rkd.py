@@ -4,7 +4,10 @@ from vidkd.distill.losses import rkd_loss
 
 
 class RKD(Distiller):
+    def teacher_targets(self, video):
+        return {"embedding": self.run_teacher(0, video)[2]}
+
     def forward(self, batch):
-        _, _, e_t = self.run_teacher(0, batch["video"])
+        e_t = self.targets(batch)["embedding"]
         z_s, _, e_s = self.student_taps(batch["video"])
         return z_s, {"ce": self.cfg.CE_WEIGHT * self.ce(z_s, batch["targets"]), "rkd": rkd_loss(e_s, e_t)}

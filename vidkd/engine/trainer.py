@@ -16,12 +16,13 @@ from tqdm import tqdm
 
 from vidkd.data.loader import build_loader
 from vidkd.distill.build import build_distiller, teachers_needed
-from vidkd.engine import checkpointing, distributed
+from vidkd.engine import checkpointing, distributed, teacher_cache
 from vidkd.engine.evaluate import MultiViewEvaluator
 from vidkd.errors import ConfigError, TrainingError
 from vidkd.models import MODELS, build_from_config
 from vidkd.models.base import split_heads
 from vidkd.models.checkpoint import load_checkpoint, save_model
+from vidkd.models.fast import speed_up
 
 log = logging.getLogger("vidkd.engine")
 CHECKPOINTS = "checkpoints"
@@ -82,7 +83,8 @@ def deepspeed_config(cfg, device):
 
 
 def build_models(cfg, heads):
-    """The student and the teachers the method needs, checkpoints loaded."""
+    """The student and the teachers the method needs, checkpoints loaded, with the config's fast paths
+    (vidkd.models.fast)."""
     k, m = sum(heads.values()), cfg.MODEL
     student = build_from_config(cfg, m.STUDENT, k)
     if m.STUDENT_CHECKPOINT:
@@ -95,8 +97,8 @@ def build_models(cfg, heads):
             log.info("teacher %s: %s", m.TEACHERS[i], report)
         else:
             log.warning("teacher %s has no checkpoint: it teaches from random weights", m.TEACHERS[i])
-        teachers.append(teacher)
-    return student, teachers
+        teachers.append(speed_up(teacher, m, teacher=True))
+    return speed_up(student, m), teachers
 
 
 @torch.no_grad()
@@ -144,6 +146,10 @@ class Trainer:
             optimizer, lambda step: lr_factor(step, warmup, total, s.BASE_LR, s.MIN_LR))
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=distiller, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg, self.device))
+        self.cache = None  # the teachers' outputs, when they come from the teacher-output cache
+        if self.train_loader.dataset.views:
+            self.cache = teacher_cache.prepare(cfg, self.distiller, self.train_loader.dataset, self.device, self.rank,
+                                               self.world)
         self.ema = None
         if t.EMA:
             self.ema = torch.optim.swa_utils.AveragedModel(
@@ -251,9 +257,11 @@ class Trainer:
             torch.manual_seed(int(step_rng.integers(2**62)))
             losses = None  # a batch lost with a loader worker (its videos are counted as failed)
             if batch is not None:
-                batch = {"video": batch["video"].to(self.device, dtype, non_blocking=True),
-                         "targets": {h: y.to(self.device) for h, y in batch["targets"].items()}}
-                _, losses = self.engine(batch)
+                inputs = {"video": batch["video"].to(self.device, dtype, non_blocking=True),
+                          "targets": {h: y.to(self.device) for h, y in batch["targets"].items()}}
+                if self.cache is not None:
+                    inputs["teacher"] = self.cache.lookup(batch["sample"], batch["view"], self.device)
+                _, losses = self.engine(inputs)
             lost, bad = self._check_step(losses)
             if lost:  # every rank skips the step
                 continue
@@ -266,7 +274,7 @@ class Trainer:
                 self.engine.step()
                 if self.ema is not None:
                     self.ema.update_parameters(self.distiller.student)
-                n = len(batch["video"])
+                n = len(inputs["video"])
                 m["count"] += n
                 for name, value in losses.items():
                     m["sums"][name] = m["sums"].get(name, 0.0) + float(value.detach()) * n

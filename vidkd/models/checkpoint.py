@@ -141,3 +141,15 @@ def save_model(model, path, **meta):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save({"model": model.state_dict(), "meta": {"name": getattr(model, "name", ""), **meta}}, tmp)
     os.replace(tmp, path)
+
+
+def saved_heads(path):
+    """The `heads` ({label set: classes}) recorded in a vidkd weights file (save_model's meta), or None."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # load_checkpoint reports what is wrong with the file
+    meta = data.get("meta") if isinstance(data, dict) else None
+    return meta.get("heads") if isinstance(meta, dict) else None

@@ -4,7 +4,9 @@ MC3-18, R(2+1)D-18, S3D), built by their libraries' own builders and wrapped, un
 Every one returns logits: the pytorchvideo heads are built without their default softmax. Pooling before
 the classifier is global average pooling at any input size: pytorchvideo's builders are given adaptive
 pooling where they take a pool argument, X3D's pool kernel is computed by its builder from the clip size,
-and S3D's fixed (2, 7, 7) average pool, global at its 16x224 design size, is made adaptive.
+and S3D's fixed (2, 7, 7) average pool, global at its 16x224 design size, is made adaptive. X3D's Swish is
+torch's SiLU, the same x * sigmoid(x) with the same (parameter-free) state dict: pytorchvideo's own Swish is a
+Python autograd Function, which a TorchScript file cannot hold (tools/export_student.py).
 """
 import torch.nn as nn
 from pytorchvideo.models.r2plus1d import create_r2plus1d
@@ -23,7 +25,7 @@ S3D_STAGES = ("features.2", "features.6", "features.12", "features.15")  # the b
 def _x3d(num_classes, num_frames, crop_size, depth_factor, dropout=0.5):
     """X3D (Feichtenhofer, CVPR 2020): XS, S and M share one network and differ in clip size; L is deeper."""
     net = create_x3d(input_clip_length=num_frames, input_crop_size=crop_size, model_num_class=num_classes,
-                     depth_factor=depth_factor, dropout_rate=dropout, head_activation=None)
+                     depth_factor=depth_factor, dropout_rate=dropout, head_activation=None, inner_act=nn.SiLU)
     return Wrapped(net, PV_STAGES, "blocks.5.proj")
 
 

@@ -66,7 +66,8 @@ class FeatureTaps:
 
 @torch.no_grad()
 def probe(model, num_frames, crop_size):
-    """`{"stages": [{"name", "channels", "stride": (t, h, w)}], "embed_dim"}` from one dummy forward."""
+    """`{"stages": [{"name", "channels", "grid": (T, H, W), "stride": (t, h, w)}], "embed_dim"}` from one dummy
+    forward."""
     was_training = model.training
     model.eval()
     taps = FeatureTaps(model)
@@ -77,7 +78,7 @@ def probe(model, num_frames, crop_size):
         taps.remove()
         model.train(was_training)
     size = (num_frames, crop_size, crop_size)
-    stages = [{"name": name, "channels": f.shape[1],
+    stages = [{"name": name, "channels": f.shape[1], "grid": tuple(f.shape[2:]),
                "stride": tuple(round(s / n) for s, n in zip(size, f.shape[2:]))}
               for name, f in zip(model.stage_names, features)]
     return {"stages": stages, "embed_dim": embedding.shape[1]}

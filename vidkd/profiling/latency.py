@@ -50,14 +50,20 @@ def _forward_rss_growth(name, kwargs, input_shape):
     from vidkd.models import build_model
 
     model = build_model(name, **kwargs).eval()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := current RSS
-    before = _high_water_kb()
+    before = reset_high_water()
     with torch.inference_mode():
         model(torch.randn(input_shape))
-    return (_high_water_kb() - before) / 1024
+    return (high_water_kb() - before) / 1024
 
 
-def _high_water_kb():
+def reset_high_water():
+    """Reset this process's peak resident memory (VmHWM) to its current RSS; returns it, in kB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return high_water_kb()
+
+
+def high_water_kb():
+    """Peak resident memory of this process (VmHWM), in kB."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))

@@ -1,0 +1,116 @@
+"""The teacher-output cache: same losses as live teachers on the same views, keyed by everything it depends
+on, filled by a real process that is killed and resumed, and used by tools/train_net.py."""
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TIMEOUT, clean_env, command, launch, ok, write_config
+
+from vidkd.config import load_config
+from vidkd.data.loader import build_dataset
+from vidkd.data.video_dataset import collate
+from vidkd.distill.build import build_distiller
+from vidkd.engine import teacher_cache
+from vidkd.engine.trainer import build_models
+from vidkd.errors import ConfigError
+
+MODELS = {"STUDENT": "c3d_tiny", "TEACHERS": ["videomae_vit_ti", "c3d_small"]}
+
+
+def cache_config(tmp_path, dataset, method="dual_teacher", *overrides):
+    path = write_config(tmp_path / "cache.yaml", dataset, tmp_path / "run", method, MODEL=MODELS,
+                        DISTILL={"CACHE": "auto", "CACHE_VIEWS": 2, "CACHE_DIR": str(tmp_path / "cache"),
+                                 "RKD_WEIGHT": 1.0})
+    return path, load_config(path, list(overrides))
+
+
+def distiller_and_data(cfg):
+    torch.manual_seed(0)
+    dataset = build_dataset(cfg, train=True)
+    heads = {h: len(n) for h, n in dataset.manifest.label_sets.items()}
+    return build_distiller(cfg, *build_models(cfg, heads), heads), dataset
+
+
+@pytest.mark.parametrize("method", ["dual_teacher", "kd", "fitnet"])
+def test_training_from_the_cache_gives_the_live_losses_on_the_same_views(dataset, tmp_path, method):
+    _, cfg = cache_config(tmp_path, dataset, method)
+    distiller, data = distiller_and_data(cfg)
+    cache = teacher_cache.prepare(cfg, distiller, data, torch.device("cpu"), 0, 1)
+    assert os.path.isfile(os.path.join(cache.folder, "meta.json")) and not os.path.exists(cache.folder + ".partial")
+    distiller.train()
+    batch = collate([data.view_item(i, v) for i, v in [(0, 0), (3, 1), (7, 1), (15, 0)]])
+    assert batch["sample"].tolist() == [0, 3, 7, 15] and batch["view"].tolist() == [0, 1, 1, 0]
+    live_in = {"video": batch["video"], "targets": batch["targets"]}
+    stored = cache.lookup(batch["sample"], batch["view"], torch.device("cpu"))
+    with torch.no_grad():
+        live = distiller.teacher_targets(batch["video"])
+        assert stored.keys() == live.keys()
+        for name in live:  # fp16 storage: within its rounding
+            assert torch.allclose(stored[name], live[name], rtol=2e-3, atol=2e-3), name
+        torch.manual_seed(1)  # the same dropout in both student forwards
+        _, from_live = distiller(live_in)
+        torch.manual_seed(1)
+        _, from_cache = distiller({**live_in, "teacher": stored})
+    assert from_live.keys() == from_cache.keys()
+    for name in from_live:
+        assert torch.isclose(from_cache[name], from_live[name], rtol=1e-2, atol=1e-4), (name, from_cache, from_live)
+
+
+def test_the_key_changes_with_what_the_outputs_depend_on(dataset, tmp_path):
+    path, cfg = cache_config(tmp_path, dataset)
+    manifest = build_dataset(cfg, train=True).manifest
+    key = teacher_cache.cache_folder(cfg, teacher_cache.cache_spec(cfg, manifest))
+    ckpt = tmp_path / "teacher.pt"
+    torch.save({"model": {"w": torch.zeros(1)}}, ckpt)
+    changed = {"a view": ["DATA.TRAIN_CROP_SCALE", "[0.5, 1.0]"], "the views": ["DISTILL.CACHE_VIEWS", "3"],
+               "the targets": ["DISTILL.SDD_DIM", "64"], "the teacher": ["MODEL.TEACHERS", "[videomae_vit_s, c3d_small]"],
+               "a checkpoint": ["MODEL.TEACHER_CHECKPOINTS", f"[{ckpt}, '']"]}
+    for what, overrides in changed.items():
+        other = load_config(path, overrides)
+        assert teacher_cache.cache_folder(other, teacher_cache.cache_spec(other, manifest)) != key, what
+    before = teacher_cache.cache_folder(other, teacher_cache.cache_spec(other, manifest))
+    ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # the same file name with other bytes
+    assert teacher_cache.cache_folder(other, teacher_cache.cache_spec(other, manifest)) != before
+    same = load_config(path, ["DISTILL.TEMPERATURE", "2.0", "DISTILL.LOGIT_WEIGHT", "0.5", "TRAIN.EPOCHS", "9"])
+    assert teacher_cache.cache_folder(same, teacher_cache.cache_spec(same, manifest)) == key  # losses only
+
+
+def test_require_without_a_cache_and_learned_phi_are_refused(dataset, tmp_path):
+    _, cfg = cache_config(tmp_path, dataset, "dual_teacher", "DISTILL.CACHE", "require")
+    distiller, data = distiller_and_data(cfg)
+    with pytest.raises(ConfigError, match="DISTILL.CACHE require: no teacher cache for this config"):
+        teacher_cache.prepare(cfg, distiller, data, torch.device("cpu"), 0, 1)
+    _, learned = cache_config(tmp_path, dataset, "dual_teacher", "DISTILL.SDD_PHI", "learned")
+    with pytest.raises(ConfigError, match="DISTILL.CACHE: with DISTILL.SDD_PHI learned"):
+        distiller_and_data(learned)
+
+
+def test_a_killed_fill_resumes_and_training_reads_the_cache(dataset, tmp_path):
+    path, cfg = cache_config(tmp_path, dataset, "dual_teacher", "DISTILL.CACHE_VIEWS", "4", "TEST.BATCH_SIZE", "2")
+    args = ["tools/cache_teachers.py", "--config", path, "DISTILL.CACHE_VIEWS", "4", "TEST.BATCH_SIZE", "2"]
+    with open(tmp_path / "fill.log", "w") as f:
+        proc = subprocess.Popen(command(args), cwd=REPO, env=clean_env(), stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    folder = teacher_cache.cache_folder(cfg, teacher_cache.cache_spec(cfg, build_dataset(cfg, True).manifest))
+    marks, deadline = os.path.join(folder + ".partial", "filled.shard0.npy"), time.time() + TIMEOUT
+    while not (os.path.isfile(marks) and np.load(marks).sum() >= 10):
+        assert proc.poll() is None and time.time() < deadline, open(tmp_path / "fill.log").read()[-3000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(folder) and np.load(marks).sum() < 16 * 4  # killed half-way
+    resumed = ok(launch(args))
+    assert "resuming the fill" in resumed.stderr and f"teacher cache: {folder} (16 videos x 4 views" in resumed.stdout
+    filled = teacher_cache.TeacherCache(folder)
+    os.rename(folder, folder + ".resumed")
+    ok(launch(args))  # a fresh fill: the same numbers
+    fresh = teacher_cache.TeacherCache(folder)
+    for name, shards in fresh.arrays.items():
+        assert np.array_equal(shards[0], filled.arrays[name][0]), name
+    trained = ok(launch(["tools/train_net.py", "--config", path, "DISTILL.CACHE_VIEWS", "4",
+                         "DISTILL.CACHE", "require", "TRAIN.EPOCHS", "1"]))
+    assert f"teacher outputs from the cache {folder}" in trained.stderr

@@ -1,0 +1,128 @@
+"""What distillation costs per training step, on the same batches (random clips of the config's training shape):
+
+1. the student alone (CE: forward, backward, optimiser step);
+2. the teachers' forward alone (the method's `teacher_targets`);
+3. the method live (teachers run every step);
+4. the method from the teacher-output cache (targets read from memory-mapped fp16 files, as in training).
+
+Prints clips/s and peak memory of each, and the two ratios of issue 6: `live / (student + teachers)` (target
+<= 1.10: the method adds little beyond the models it runs) and `cached / student` (target <= 1.15).
+
+    python tools/benchmark_distill.py --config configs/demo/synthetic.yaml [--steps 20] [KEY VALUE ...]
+"""
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from vidkd.cli import run
+from vidkd.config import load_config
+from vidkd.distill.build import build_distiller
+from vidkd.engine.teacher_cache import TeacherCache
+from vidkd.engine.trainer import build_models, param_groups
+from vidkd.profiling.latency import high_water_kb, reset_high_water
+
+
+def batches(cfg, heads, steps, device):
+    d, b = cfg.DATA, cfg.TRAIN.BATCH_SIZE
+    g = torch.Generator().manual_seed(cfg.SEED)
+    return [{"video": torch.randn(b, 3, d.NUM_FRAMES, d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SIZE, generator=g).to(device),
+             "targets": {h: torch.randint(k, (b,), generator=g).to(device) for h, k in heads.items()}}
+            for _ in range(steps)]
+
+
+def write_cache(distiller, data, folder):
+    """The method's targets of every batch, stored as the cache stores them (one shard, one view)."""
+    with torch.no_grad():
+        out = [distiller.teacher_targets(batch["video"]) for batch in data]
+    names = sorted(out[0])
+    for name in names:
+        np.save(os.path.join(folder, f"{name}.shard0.npy"),
+                torch.cat([o[name] for o in out]).cpu().half().numpy())
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump({"world": 1, "views": 1, "rows": sum(len(b["video"]) for b in data), "names": names}, f)
+    return TeacherCache(folder)
+
+
+def timed(step, data, device, warmup=2):
+    """(clips/s, peak MB above the start) of `step(batch)` over `data` after `warmup` untimed steps (the
+    steps' functions were all warmed up before: the first steps of a process are slow)."""
+    for batch in data[:warmup]:
+        step(batch)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start_mb = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        start_mb = reset_high_water() / 1024
+    start = time.perf_counter()
+    for batch in data[warmup:]:
+        step(batch)
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else high_water_kb() / 1024
+    return sum(len(b["video"]) for b in data[warmup:]) / seconds, peak - start_mb
+
+
+def training_step(distiller, cfg, cache=None):
+    optimizer = torch.optim.AdamW(param_groups(distiller, cfg.SOLVER.WEIGHT_DECAY), lr=cfg.SOLVER.BASE_LR)
+    rows = iter(range(10**9))
+
+    def step(batch):
+        if cache is not None:
+            n = len(batch["video"])
+            index = torch.tensor([next(rows) % len(next(iter(cache.arrays.values()))[0]) for _ in range(n)])
+            batch = {**batch, "teacher": cache.lookup(index, torch.zeros_like(index), batch["video"].device)}
+        _, losses = distiller(batch)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (plus 2 untimed)")
+    p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides + ["DISTILL.CACHE", "live"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    heads = {"label": cfg.MODEL.NUM_CLASSES or 400}
+    torch.manual_seed(cfg.SEED)
+    student, teachers = build_models(cfg, heads)
+    method = build_distiller(cfg, student, teachers, heads).to(device).train()
+    alone = build_distiller(load_config(args.config, args.overrides + ["DISTILL.METHOD", "ce"]), student, [],
+                            heads).to(device).train()
+    data = batches(cfg, heads, args.steps + 2, device)
+    with tempfile.TemporaryDirectory() as folder:
+        cache = write_cache(method, data, folder)
+        steps = {"student alone": training_step(alone, cfg),
+                 "teachers' forward": lambda b: method.teacher_targets(b["video"]),
+                 f"{cfg.DISTILL.METHOD}, live": training_step(method, cfg),
+                 f"{cfg.DISTILL.METHOD}, cached": training_step(method, cfg, cache)}
+        for step in steps.values():
+            timed(step, data[:3], device)
+        rows = {name: timed(step, data, device) for name, step in steps.items()}
+    width = max(map(len, rows))
+    print(f"\n{cfg.MODEL.STUDENT} <- {', '.join(cfg.MODEL.TEACHERS)}; batch {cfg.TRAIN.BATCH_SIZE} x "
+          f"{cfg.DATA.NUM_FRAMES}x{cfg.DATA.TRAIN_CROP_SIZE}px, {args.steps} steps on {device}")
+    print(f"{'':<{width}}  {'clips/s':>9}  {'ms/step':>9}  {'peak MB':>8}")
+    for name, (rate, peak) in rows.items():
+        print(f"{name:<{width}}  {rate:>9.1f}  {1e3 * cfg.TRAIN.BATCH_SIZE / rate:>9.1f}  {peak:>8.0f}")
+    ms = {name: 1 / rate for name, (rate, _) in rows.items()}
+    student, teachers, live, cached = ms.values()
+    print(f"\nlive / (student + teachers) = {live / (student + teachers):.3f}   (target <= 1.10)")
+    print(f"cached / student alone      = {cached / student:.3f}   (target <= 1.15)")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
