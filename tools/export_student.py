@@ -56,7 +56,7 @@ def load_student(cfg, checkpoint):
     if name not in MODELS:
         raise ConfigError(f"config key MODEL.STUDENT: unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
     if not os.path.isfile(checkpoint):
-        raise CheckpointError(f"{checkpoint}: no such weights file (training writes OUTPUT_DIR/student.pt)")
+        raise CheckpointError(f"{checkpoint}: not a weights file (training writes OUTPUT_DIR/student.pt)")
     heads = saved_heads(checkpoint)
     if heads is None:
         manifest = Manifest.load(os.path.join(cfg.DATA.MANIFEST_DIR, f"{cfg.DATA.TEST_SPLIT}.json"))
@@ -64,7 +64,8 @@ def load_student(cfg, checkpoint):
     model = build_from_config(cfg, name, sum(heads.values()), cfg.DATA.TEST_CROP_SIZE)
     report = load_checkpoint(model, checkpoint, partial=True)  # partial: to name the keys in an export's own terms
     if report["unexpected"] or report["missing"]:
-        raise CheckpointError(f"{checkpoint}: does not hold exactly the weights of the student {name}, nothing exported\n"
+        raise CheckpointError(f"{checkpoint}: does not hold exactly the weights of the student {name}, so nothing "
+                              f"is exported\n"
                               f"  keys the student does not have (training-only parts?): {report['unexpected']}\n"
                               f"  student keys missing: {report['missing']}")
     return model.eval()
@@ -93,7 +94,8 @@ def check(path, exported, model, shape, tolerance):
     clip = torch.randn(shape)
     with torch.inference_mode():
         diff = (exported(clip) - model(clip)).abs().max().item()
-    print(f"{path}: max |logits - eager logits| = {diff:.1e} on a random clip {list(shape)} (tolerance {tolerance:.0e})")
+    print(f"{path}: max |logits - eager logits| = {diff:.1e} on a random clip {list(shape)} "
+          f"(tolerance {tolerance:.0e})")
     if not diff <= tolerance:  # `not <=`: a NaN fails too
         raise ExportError(f"{path}: logits differ from the eager model's by {diff:.3g} (> --tolerance {tolerance:g})")
 
