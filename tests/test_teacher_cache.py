@@ -114,3 +114,21 @@ def test_a_killed_fill_resumes_and_training_reads_the_cache(dataset, tmp_path):
     trained = ok(launch(["tools/train_net.py", "--config", path, "DISTILL.CACHE_VIEWS", "4",
                          "DISTILL.CACHE", "require", "TRAIN.EPOCHS", "1"]))
     assert f"teacher outputs from the cache {folder}" in trained.stderr
+
+
+def test_two_ranks_fill_their_own_shards_with_the_one_process_numbers(dataset, tmp_path):
+    path, cfg = cache_config(tmp_path, dataset)
+    two = ok(launch(["tools/cache_teachers.py", "--config", path, "DISTILL.CACHE_DIR", str(tmp_path / "two")],
+                    ranks=2))
+    assert two.stdout.count("teacher cache: ") == 1  # rank 0 reports
+    ok(launch(["tools/cache_teachers.py", "--config", path, "DISTILL.CACHE_DIR", str(tmp_path / "one")]))
+    (a,), (b,) = (list((tmp_path / d).iterdir()) for d in ("two", "one"))
+    assert a.name == b.name  # the key does not depend on the number of ranks
+    two, one = teacher_cache.TeacherCache(str(a)), teacher_cache.TeacherCache(str(b))
+    assert (two.world, one.world) == (2, 1)
+    assert sorted(os.listdir(a)) == sorted(["meta.json"] + [f"{n}.shard{r}.npy" for n in list(two.arrays) + ["filled"]
+                                                              for r in (0, 1)])
+    samples, views = torch.arange(16).repeat_interleave(2), torch.arange(2).repeat(16)
+    x, y = two.lookup(samples, views, "cpu"), one.lookup(samples, views, "cpu")
+    for name in x:  # other batches, other float rounding: within fp16's
+        assert torch.allclose(x[name], y[name], rtol=1e-2, atol=1e-2), name
