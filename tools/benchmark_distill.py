@@ -72,12 +72,12 @@ def timed(step, data, device, warmup=2):
 
 def training_step(distiller, cfg, cache=None):
     optimizer = torch.optim.AdamW(param_groups(distiller, cfg.SOLVER.WEIGHT_DECAY), lr=cfg.SOLVER.BASE_LR)
-    rows = iter(range(10**9))
+    done = [0]  # clips read from the cache so far: the cache holds the batches in order
 
     def step(batch):
         if cache is not None:
-            n = len(batch["video"])
-            index = torch.tensor([next(rows) % len(next(iter(cache.arrays.values()))[0]) for _ in range(n)])
+            index = torch.arange(done[0], done[0] + len(batch["video"])) % cache.rows
+            done[0] += len(batch["video"])
             batch = {**batch, "teacher": cache.lookup(index, torch.zeros_like(index), batch["video"].device)}
         _, losses = distiller(batch)
         optimizer.zero_grad(set_to_none=True)

@@ -64,7 +64,7 @@ class VideoDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
             video = self.transform(frames)
-        return {**self._item(j, view, video, True, failures), "sample": i}
+        return self._item(j, view, video, True, failures, sample=i)
 
     def _test_item(self, i):
         j, view = divmod(i, self.n_clips * self.n_crops)
@@ -77,10 +77,11 @@ class VideoDataset(Dataset):
             video = torch.zeros(3, self.spec.num_frames, size, size)
             return self._item(j, view, video, False, [(e.path, str(e))])
 
-    def _item(self, j, view, video, valid, failures):
+    def _item(self, j, view, video, valid, failures, sample=None):
+        """Item of video j; `sample`: the index asked for (the key of the teacher cache), j unless replaced."""
         targets = self.manifest.samples[j].targets
         return {"video": video, "targets": dict(targets), "index": j, "view": view, "valid": valid,
-                "failures": failures, "sample": j}
+                "failures": failures, "sample": j if sample is None else sample}
 
     def _decode(self, j, indices_in):
         """Frames of sample j; `indices_in(lo, hi, fps)` picks indices inside the sample's frame range."""

@@ -133,7 +133,7 @@ class TeacherCache:
     def __init__(self, folder):
         with open(os.path.join(folder, "meta.json")) as f:
             meta = json.load(f)
-        self.folder, self.world, self.views = folder, meta["world"], meta["views"]
+        self.folder, self.world, self.views, self.rows = folder, meta["world"], meta["views"], meta["rows"]
         self.arrays = {name: [np.load(os.path.join(folder, f"{name}.shard{r}.npy"), mmap_mode="r")
                               for r in range(self.world)] for name in meta["names"]}
 

@@ -159,10 +159,9 @@ class Trainer:
         # that partial epoch on this rank (None at an epoch's start).
         self.position, self.meters, self.history = {"epoch": 0, "batch": 0}, None, []
         self.bad_steps = {"total": 0, "in_a_row": 0}  # steps skipped for a non-finite loss
-        saved = checkpointing.complete(self.checkpoints)
         if resume == "auto":
             self._resume()
-        elif saved:
+        elif checkpointing.complete(self.checkpoints):
             raise ConfigError(f"{self.checkpoints}: holds checkpoints of an earlier run; continue it with "
                               f"--resume auto, or train afresh in another OUTPUT_DIR (vidkd does not overwrite them)")
         if self.rank == 0:
