@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TIMEOUT, clean_env, command, launch, ok, write_config
+from conftest import REPO, TIMEOUT, clean_env, command, launch, ok, records, write_config
 
 from vidkd.config import load_config
 from vidkd.data.loader import build_dataset
@@ -132,3 +132,9 @@ def test_two_ranks_fill_their_own_shards_with_the_one_process_numbers(dataset, t
     x, y = two.lookup(samples, views, "cpu"), one.lookup(samples, views, "cpu")
     for name in x:  # other batches, other float rounding: within fp16's
         assert torch.allclose(x[name], y[name], rtol=1e-2, atol=1e-2), name
+    trained = ok(launch(["tools/train_net.py", "--config", path, "DISTILL.CACHE", "require", "DISTILL.CACHE_DIR",
+                         str(tmp_path / "two"), "TRAIN.EPOCHS", "1"], ranks=2))
+    assert f"teacher outputs from the cache {a}" in trained.stderr
+    (record,) = records(tmp_path / "run")
+    assert record["epoch"] == 1 and record["skipped_steps"] == 0
+    assert all(np.isfinite(record[f"loss/{k}"]) for k in ("ce", "datw", "sdd_main", "sdd_aux", "rkd"))

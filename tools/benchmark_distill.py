@@ -13,6 +13,8 @@ Prints clips/s and peak memory of each, and the two ratios of issue 6: `live / (
 import argparse
 import json
 import os
+import random
+import statistics
 import tempfile
 import time
 
@@ -48,26 +50,32 @@ def write_cache(distiller, data, folder):
     return TeacherCache(folder)
 
 
-def timed(step, data, device, warmup=2):
-    """(clips/s, peak MB above the start) of `step(batch)` over `data` after `warmup` untimed steps (the
-    steps' functions were all warmed up before: the first steps of a process are slow)."""
-    for batch in data[:warmup]:
-        step(batch)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start_mb = torch.cuda.memory_allocated(device) / 2**20
-    else:
-        start_mb = reset_high_water() / 1024
-    start = time.perf_counter()
-    for batch in data[warmup:]:
-        step(batch)
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else high_water_kb() / 1024
-    return sum(len(b["video"]) for b in data[warmup:]) / seconds, peak - start_mb
+def measure(steps, data, device, warmup=3):
+    """{name: (median ms per step, peak MB above the step's start)} of every `step(batch)` in `steps`, run in
+    turn, in a shuffled order, on each batch of `data` (so that a slow spell of a shared machine, or what one
+    step leaves in the caches, hits every step alike), after `warmup` untimed rounds (the first steps of a
+    process are slow)."""
+    cuda, order = device.type == "cuda", random.Random(0)
+    times, peaks = {name: [] for name in steps}, {name: 0.0 for name in steps}
+    for i, batch in enumerate(data):
+        for name in order.sample(list(steps), len(steps)):
+            step = steps[name]
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                start_mb = torch.cuda.memory_allocated(device) / 2**20
+            else:
+                start_mb = reset_high_water() / 1024
+            start = time.perf_counter()
+            step(batch)
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else high_water_kb() / 1024
+            if i >= warmup:
+                times[name].append(1e3 * seconds)
+                peaks[name] = max(peaks[name], peak - start_mb)
+    return {name: (statistics.median(times[name]), peaks[name]) for name in steps}
 
 
 def training_step(distiller, cfg, cache=None):
@@ -90,7 +98,7 @@ def training_step(distiller, cfg, cache=None):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (plus 2 untimed)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 3 untimed)")
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides + ["DISTILL.CACHE", "live"])
@@ -101,24 +109,21 @@ def main(argv=None):
     method = build_distiller(cfg, student, teachers, heads).to(device).train()
     alone = build_distiller(load_config(args.config, args.overrides + ["DISTILL.METHOD", "ce"]), student, [],
                             heads).to(device).train()
-    data = batches(cfg, heads, args.steps + 2, device)
+    data = batches(cfg, heads, args.steps + 3, device)
     with tempfile.TemporaryDirectory() as folder:
         cache = write_cache(method, data, folder)
         steps = {"student alone": training_step(alone, cfg),
                  "teachers' forward": lambda b: method.teacher_targets(b["video"]),
                  f"{cfg.DISTILL.METHOD}, live": training_step(method, cfg),
                  f"{cfg.DISTILL.METHOD}, cached": training_step(method, cfg, cache)}
-        for step in steps.values():
-            timed(step, data[:3], device)
-        rows = {name: timed(step, data, device) for name, step in steps.items()}
-    width = max(map(len, rows))
-    print(f"\n{cfg.MODEL.STUDENT} <- {', '.join(cfg.MODEL.TEACHERS)}; batch {cfg.TRAIN.BATCH_SIZE} x "
-          f"{cfg.DATA.NUM_FRAMES}x{cfg.DATA.TRAIN_CROP_SIZE}px, {args.steps} steps on {device}")
+        rows = measure(steps, data, device)
+    b, width = cfg.TRAIN.BATCH_SIZE, max(map(len, rows))
+    print(f"\n{cfg.MODEL.STUDENT} <- {', '.join(cfg.MODEL.TEACHERS)}; batch {b} x "
+          f"{cfg.DATA.NUM_FRAMES}x{cfg.DATA.TRAIN_CROP_SIZE}px, median of {args.steps} steps on {device}")
     print(f"{'':<{width}}  {'clips/s':>9}  {'ms/step':>9}  {'peak MB':>8}")
-    for name, (rate, peak) in rows.items():
-        print(f"{name:<{width}}  {rate:>9.1f}  {1e3 * cfg.TRAIN.BATCH_SIZE / rate:>9.1f}  {peak:>8.0f}")
-    ms = {name: 1 / rate for name, (rate, _) in rows.items()}
-    student, teachers, live, cached = ms.values()
+    for name, (ms, peak) in rows.items():
+        print(f"{name:<{width}}  {1e3 * b / ms:>9.1f}  {ms:>9.1f}  {peak:>8.0f}")
+    student, teachers, live, cached = (ms for ms, _ in rows.values())
     print(f"\nlive / (student + teachers) = {live / (student + teachers):.3f}   (target <= 1.10)")
     print(f"cached / student alone      = {cached / student:.3f}   (target <= 1.15)")
     return 0
