@@ -5,6 +5,7 @@ process, or 2 DeepSpeed ranks with ZeRO-2) on the tiny synthetic dataset of conf
 The reference is the same config run without interruption: the resumed runs must end with bit-identical
 student weights (EMA included) and the same metrics records (all but the wall-clock seconds).
 """
+import json
 import os
 import signal
 import subprocess
@@ -121,7 +122,27 @@ def test_a_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(datas
     resumed = ok(launch(["tools/train_net.py", "--config", path]))
     assert f"checkpoint {newest} is damaged (mp_rank_00_model_states.pt has 1000 bytes" in resumed.stderr
     assert "resumed from epoch 1, batch 6 (checkpoint epoch_0001_batch_000006)" in resumed.stderr
+    aside = out / "checkpoints" / "damaged_epoch_0002"  # kept for a look, out of `latest` and the kept ones
+    assert f"damaged checkpoint set aside as {aside}" in resumed.stderr
+    assert (aside / "mp_rank_00_model_states.pt").stat().st_size == 1000
+    assert (out / "checkpoints" / "latest").read_text() == "epoch_0002"  # the resumed run's own, intact
     assert_same_run(out, reference[1])
+
+
+def test_when_every_checkpoint_is_damaged_they_are_set_aside_and_training_starts_afresh(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for epoch in (1, 2):  # two checkpoints whose model file no longer matches its manifest
+        tag = f"epoch_{epoch:04d}"
+        (folder / tag).mkdir(parents=True)
+        (folder / tag / "model.pt").write_bytes(b"x" * 10)
+        (folder / tag / checkpointing.MANIFEST).write_text(json.dumps(
+            {"tag": tag, "position": {"epoch": epoch, "batch": 0}, "config": "",
+             "files": {"model.pt": {"bytes": 10, "sha256": "0" * 64}}}))
+    (folder / "latest").write_text("epoch_0002")
+    assert checkpointing.resume_point(str(folder), "") is None
+    # Nothing left that `latest` names or that later pruning would rank above the new run's checkpoints.
+    assert sorted(os.listdir(folder)) == ["damaged_epoch_0001", "damaged_epoch_0002"]
+    assert checkpointing.complete(str(folder)) == []
 
 
 def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(dataset, reference, tmp_path):

@@ -8,7 +8,8 @@ killed (or out of disk space) while writing leaves the previous checkpoints as t
 TRAIN.KEEP_CHECKPOINTS complete checkpoints are kept.
 
 On resume, the newest checkpoint whose files match its manifest is used; a truncated or corrupt one is
-reported and the previous one tried. A checkpoint written with another config is refused, naming the keys
+reported, the previous one tried, and the damaged ones are set aside as `damaged_<tag>/` (kept for a look, no
+longer named in `latest` nor counted among the kept checkpoints). A checkpoint written with another config is refused, naming the keys
 that differ, unless they are among RESUMABLE_CHANGES (schedule length, periods, loader and decoder settings).
 """
 import hashlib
@@ -25,6 +26,7 @@ from vidkd.errors import CheckpointError, ConfigError
 log = logging.getLogger("vidkd.engine")
 MANIFEST = "MANIFEST.json"
 PARTIAL = ".partial_"
+DAMAGED = "damaged_"
 # Config keys a resumed run may change: how long and how often, and how data is read, not what is learnt.
 RESUMABLE_CHANGES = ("OUTPUT_DIR", "TRAIN.EPOCHS", "TRAIN.EVAL_PERIOD", "TRAIN.CHECKPOINT_PERIOD",
                      "TRAIN.CHECKPOINT_STEPS", "TRAIN.KEEP_CHECKPOINTS", "TRAIN.MAX_BAD_STEPS", "DATA.NUM_WORKERS",
@@ -90,7 +92,7 @@ def complete(folder):
     found = []
     for name in os.listdir(folder) if os.path.isdir(folder) else ():
         path = os.path.join(folder, name, MANIFEST)
-        if name.startswith(PARTIAL) or not os.path.isfile(path):
+        if name.startswith((PARTIAL, DAMAGED)) or not os.path.isfile(path):
             continue
         try:
             with open(path) as f:
@@ -129,22 +131,39 @@ def config_differences(saved_text, current_text):
             if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES}
 
 
-def newest_intact(folder, config_text):
-    """The manifest of the newest checkpoint in `folder` that is intact, or None if there is none. A damaged
-    one is reported and skipped; one from another config raises ConfigError naming the differing keys."""
+def resume_point(folder, config_text):
+    """Every rank calls this. The manifest of the newest intact checkpoint in `folder`, or None if there is
+    none. A damaged one is reported, skipped and set aside (by rank 0, once every rank has looked); one from
+    another config raises ConfigError naming the differing keys."""
+    damaged, found = [], None
     for manifest in complete(folder):
         where = os.path.join(folder, manifest["tag"])
         problem = damage(folder, manifest)
         if problem:
             log.warning("checkpoint %s is damaged (%s); trying the previous one", where, problem)
+            damaged.append(manifest["tag"])
             continue
         differ = config_differences(manifest["config"], config_text)
         if differ:
             listing = "\n  ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in differ.items())
             raise ConfigError(f"{where}: written with another config (resume with the same config, or start "
                               f"afresh with --resume none or another OUTPUT_DIR):\n  {listing}")
-        return manifest
-    return None
+        found = manifest
+        break
+    _barrier()
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    if rank == 0 and damaged:
+        for tag in damaged:
+            aside = os.path.join(folder, DAMAGED + tag)
+            shutil.rmtree(aside, ignore_errors=True)  # an earlier resume set aside one of the same name
+            os.replace(os.path.join(folder, tag), aside)
+            log.warning("damaged checkpoint set aside as %s", aside)
+        if found:
+            _write_atomic(os.path.join(folder, "latest"), found["tag"])
+        elif os.path.isfile(os.path.join(folder, "latest")):
+            os.remove(os.path.join(folder, "latest"))
+    _barrier()
+    return found
 
 
 def load_rank_state(folder, tag, rank):

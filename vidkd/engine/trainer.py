@@ -176,7 +176,7 @@ class Trainer:
         return self.engine.module
 
     def _resume(self):
-        manifest = checkpointing.newest_intact(self.checkpoints, self.cfg.dump())
+        manifest = checkpointing.resume_point(self.checkpoints, self.cfg.dump())
         if manifest is None:
             return
         _, state = self.engine.load_checkpoint(self.checkpoints, tag=manifest["tag"], load_module_strict=False)
