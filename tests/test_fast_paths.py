@@ -11,6 +11,7 @@ from test_distill import batch, make
 from vidkd.config import load_config
 from vidkd.distill.build import METHODS
 from vidkd.models import build_model
+from vidkd.models import fast as fast_paths
 from vidkd.models.fast import speed_up
 from vidkd.models.taps import FeatureTaps
 
@@ -78,15 +79,20 @@ def test_teacher_autocast_is_a_no_op_on_the_cpu():
     assert torch.equal(outputs(clone, x)[0], torch.zeros(2, 4))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is on the GPU only")
-def test_teacher_autocast_runs_bf16_on_the_gpu_with_fp32_outputs():
-    distiller = make("kd").to("cuda")
+@pytest.mark.parametrize("autocast_devices, head_dtype", [({"cuda"}, torch.float32), ({"cuda", "cpu"}, torch.bfloat16)])
+def test_teacher_autocast_runs_bf16_where_asked_with_fp32_outputs(monkeypatch, autocast_devices, head_dtype):
+    """The same code path as on a GPU, run on this CPU by adding the CPU to the autocast devices."""
+    monkeypatch.setattr(fast_paths, "AUTOCAST_DEVICES", autocast_devices)
+    distiller, video = make("kd"), batch()["video"]
+    expected = distiller.run_teacher(0, video)
     speed_up(distiller.teachers[0], fast("TEACHER_AUTOCAST"), teacher=True)
     dtypes = []
     distiller.teachers[0].head.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
-    logits, features, embedding = distiller.run_teacher(0, batch()["video"].to("cuda"))
-    assert dtypes == [torch.bfloat16]
-    assert all(t.dtype == torch.float32 for t in [logits, *features, embedding])
+    got = distiller.run_teacher(0, video)
+    assert dtypes == [head_dtype]
+    assert all(t.dtype == torch.float32 for t in [got[0], *got[1], got[2]])
+    tolerance = 1e-4 if head_dtype == torch.float32 else 0.05  # bf16 keeps 8 bits of mantissa
+    torch.testing.assert_close(got[0], expected[0], rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("name, frames, crop", [("c3d_tiny", 4, 32), ("x3d_xs", 4, 64), ("videomae_vit_ti", 4, 32)])
