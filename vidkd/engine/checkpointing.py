@@ -12,7 +12,6 @@ reported, the previous one tried, and the damaged ones are set aside as `damaged
 longer named in `latest` nor counted among the kept checkpoints). A checkpoint written with another config is refused, naming the keys
 that differ, unless they are among RESUMABLE_CHANGES (schedule length, periods, loader and decoder settings).
 """
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import torch
 import yaml
 
 from vidkd.errors import CheckpointError, ConfigError
+from vidkd.hashing import sha256_of_files
 
 log = logging.getLogger("vidkd.engine")
 MANIFEST = "MANIFEST.json"
@@ -36,14 +36,6 @@ RESUMABLE_CHANGES = ("OUTPUT_DIR", "TRAIN.EPOCHS", "TRAIN.EVAL_PERIOD", "TRAIN.C
 
 def rank_file(rank):
     return f"rank_{rank:03d}.pt"
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_atomic(path, text):
@@ -73,7 +65,7 @@ def save(engine, folder, tag, client_state, rank_state, config_text, keep):
     _barrier()
     if rank == 0:
         files = {name: {"bytes": os.path.getsize(os.path.join(partial, name)),
-                        "sha256": _sha256(os.path.join(partial, name))}
+                        "sha256": sha256_of_files([os.path.join(partial, name)])}
                  for name in sorted(os.listdir(partial))}
         manifest = {"tag": tag, "position": client_state["position"], "config": config_text, "files": files}
         _write_atomic(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=1))
@@ -113,7 +105,7 @@ def damage(folder, manifest):
             return f"{name} is missing"
         if os.path.getsize(path) != meta["bytes"]:
             return f"{name} has {os.path.getsize(path)} bytes, {meta['bytes']} when written"
-        if _sha256(path) != meta["sha256"]:
+        if sha256_of_files([path]) != meta["sha256"]:
             return f"{name} does not match its SHA-256"
     return None
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from vidkd.data.video_dataset import collate
 from vidkd.distill.build import teachers_needed
 from vidkd.errors import ConfigError
+from vidkd.hashing import sha256_of_files
 
 log = logging.getLogger("vidkd.engine")
 # Config keys that change the clips of a view, and those that change what the method's teachers output.
@@ -38,12 +39,7 @@ def _digest(path):
     """SHA-256 of a checkpoint file, or of every file of a checkpoint folder (sorted), or "" for none."""
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(root, f) for root, _, names in os.walk(path) for f in names) if path else []
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest() if files else ""
+    return sha256_of_files(files) if files else ""
 
 
 def cache_spec(cfg, manifest):

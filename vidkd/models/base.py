@@ -33,7 +33,10 @@ def build_model(name, num_classes, num_frames=16, crop_size=224, **kwargs):
 
 def config_kwargs(cfg, name):
     """Builder options the config sets for `name`: MODEL.VIT_PATCH_SIZE, VIT_DEPTH (when set), VIT_STEM and
-    VIT_HEAD_INIT_SCALE for a VideoMAE ViT."""
+    VIT_HEAD_INIT_SCALE for a VideoMAE ViT; DATA.MEAN / STD for I3D (the clip's normalisation, which it maps
+    back to its own [-1, 1] input)."""
+    if name == "i3d":
+        return {"data_mean": tuple(cfg.DATA.MEAN), "data_std": tuple(cfg.DATA.STD)}
     if not name.startswith("videomae"):
         return {}
     m = cfg.MODEL
