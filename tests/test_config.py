@@ -98,3 +98,16 @@ def test_every_shipped_config_loads():
     assert len(paths) >= 4
     for path in paths:
         load_config(path)
+
+
+def test_every_shipped_config_names_registered_models():
+    import glob
+    import os
+
+    from vidkd.models import MODELS
+
+    paths = glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "**", "*.yaml"), recursive=True)
+    for path in paths:
+        cfg = load_config(path)
+        unknown = [n for n in (cfg.MODEL.STUDENT, *cfg.MODEL.TEACHERS) if n not in MODELS]
+        assert not unknown, f"{path}: {unknown}"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import frame_numbers
 
-from vidkd.data.decoders import DecordReader, PyAVReader, open_video, read_clip
+from vidkd.data.decoders import DecordReader, PyAVReader, open_video, read_chunks, read_clip
 from vidkd.errors import DecodeError
 
 INDICES = [0, 1, 5, 17, 30, 47]
@@ -35,6 +35,15 @@ def test_reported_count_larger_than_what_decodes(video_factory):
         frames = reader.get_frames([44, 47, 48, 60])
         assert frames.shape[0] == 4
         assert frame_numbers(frames) == [44, 47, 47, 47]
+
+
+def test_chunks_past_the_decodable_frames_repeat_the_last_one(video_factory):
+    """read_chunks: a chunk wholly past the 48 frames that decode gets frame 47, on both backends."""
+    path = video_factory()
+    for backend in ("decord", "pyav"):
+        chunks = read_chunks(path, lambda n, fps: list(range(48)) + list(range(60, 80)), lambda f: f, 16, backend)
+        assert [len(c) for c in chunks] == [16, 16, 16, 16, 4]
+        assert frame_numbers(torch.cat(chunks)) == list(range(48)) + [47] * 20
 
 
 def test_truncated_avi_stays_inside_decodable_frames(video_factory, tmp_path):

@@ -181,3 +181,25 @@ def open_video(path, backend="decord", threads=1):
 def read_clip(path, indices_for, backend="decord", threads=1):
     """Decode one clip: `indices_for(num_frames, fps)` gives the frame indices to read."""
     return _with_fallback(path, backend, threads, lambda r: r.get_frames(indices_for(r.num_frames, r.fps)))
+
+
+def read_chunks(path, indices_for, each, chunk=64, backend="decord", threads=1):
+    """Like read_clip, `chunk` frames at a time: the list of `each(frames)` of every chunk, in order, so that a
+    long clip of large frames is never all in memory (tools/predict.py reads whole videos). A chunk wholly past
+    the frames that decode gets the last one that does, as read_clip gives."""
+
+    def use(reader):
+        indices, out, last = indices_for(reader.num_frames, reader.fps), [], None
+        for i in range(0, len(indices), chunk):
+            part = indices[i : i + chunk]
+            try:
+                frames = reader.get_frames(part)
+            except DecodeError:
+                if last is None:
+                    raise
+                frames = last[-1:].expand(len(part), *last.shape[1:])
+            out.append(each(frames))
+            last = frames
+        return out
+
+    return _with_fallback(path, backend, threads, use)

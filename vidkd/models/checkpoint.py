@@ -143,13 +143,18 @@ def save_model(model, path, **meta):
     os.replace(tmp, path)
 
 
-def saved_heads(path):
-    """The `heads` ({label set: classes}) recorded in a vidkd weights file (save_model's meta), or None."""
+def saved_meta(path):
+    """The `meta` dict of a vidkd weights file (save_model's), or {} (no such file, another layout, unreadable)."""
     if not os.path.isfile(path):
-        return None
+        return {}
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        return None  # load_checkpoint reports what is wrong with the file
+        return {}  # load_checkpoint reports what is wrong with the file
     meta = data.get("meta") if isinstance(data, dict) else None
-    return meta.get("heads") if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def saved_heads(path):
+    """The `heads` ({label set: classes}) recorded in a vidkd weights file (save_model's meta), or None."""
+    return saved_meta(path).get("heads")
