@@ -208,7 +208,7 @@ def test_synchronize_two_processes(tmp_path):
     expected, expected_heads = results(single)  # {head: (confusion, scores)}
     assert expected["num_videos"] == N - 1 and expected["num_missing"] == 1
     for rank in range(2):
-        out = torch.load(tmp_path / f"rank{rank}.pt")
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for scenario in SCENARIOS:
             metrics, per_head = out[scenario]
             assert metrics.keys() == expected.keys()

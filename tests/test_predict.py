@@ -29,7 +29,7 @@ def files(tmp_path_factory):
         i3d.head_module().weight.mul_(30)
         student.head.weight.mul_(30)
     videos = {
-        "fast": write_test_video(root / "fast.mp4", num_frames=60, height=48, width=80, fps=50, noise=40),
+        "fast": write_test_video(root / "fast.mp4", num_frames=61, height=48, width=80, fps=50, noise=40),
         "tall": write_test_video(root / "tall.mp4", num_frames=40, height=64, width=48, fps=25, noise=40),
     }
     (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 40)
@@ -75,7 +75,7 @@ def test_meta_preprocessing_and_bad_videos(files):
     root, models, videos = files
     missing, corrupt = str(root / "missing.mp4"), str(root / "corrupt.mp4")
     proc = launch(["tools/predict.py", videos["fast"], missing, corrupt, videos["tall"],
-                   "--checkpoint", str(root / "i3d.pt"), "--max-frames", "30"])
+                   "--checkpoint", str(root / "i3d.pt"), "--max-frames", "31"])
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors[0].startswith(f"error: {missing}: file not found")
@@ -83,12 +83,12 @@ def test_meta_preprocessing_and_bad_videos(files):
     assert "2 of 4 videos failed" in proc.stderr
     tables = printed_tables(proc.stdout)
     assert list(tables) == [videos["fast"], videos["tall"]]
-    # fast: 60 frames at 50 fps -> every other frame, 30 at 25 fps (the whole video);
-    # tall: 40 frames at 25 fps -> the centred 30 (--max-frames)
-    for key, keep in (("fast", slice(0, 60, 2)), ("tall", slice(5, 35))):
+    # fast: 61 frames at 50 fps -> every other frame, the 31 times of 25 fps inside the video (the whole video);
+    # tall: 40 frames at 25 fps -> the centred 31 (--max-frames): room 9, start 4.5 -> frames 4..34
+    for key, keep in (("fast", slice(0, 61, 2)), ("tall", slice(4, 35))):
         probs = expected(models["i3d"], videos[key], keep, 40, 32, MEAN, STD)
         check_top5(tables[videos[key]], probs, CLASSES)
-    assert "-> clip of 30 x 32 x 32" in proc.stdout
+    assert "-> clip of 31 x 32 x 32" in proc.stdout
 
 
 def test_config_preprocessing_for_a_training_checkpoint(files, tmp_path):
@@ -101,7 +101,7 @@ def test_config_preprocessing_for_a_training_checkpoint(files, tmp_path):
                  "TEST_SHORT_SIDE": 36, "TEST_CROP_SIZE": 32, "MEAN": [0.45] * 3, "STD": [0.225] * 3}}))
     proc = ok(launch(["tools/predict.py", videos["fast"], "--checkpoint", str(root / "student.pt"),
                       "--config", str(config), "--top", "5"]))
-    # one 8 x 3 clip centred in 60 frames: span 22, start (60 - 22) / 2 = 19
+    # one 8 x 3 clip centred in 61 frames: span 22, start (61 - 22) / 2 = 19.5 -> 19
     probs = expected(models["student"], videos["fast"], slice(19, 41, 3), 36, 32, [0.45] * 3, [0.225] * 3)
     check_top5(printed_tables(proc.stdout)[videos["fast"]], probs, [f"class {k}" for k in range(len(CLASSES))])
     assert "-> clip of 8 x 32 x 32" in proc.stdout

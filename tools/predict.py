@@ -48,7 +48,7 @@ def whole_video(fps_target, max_frames):
 
     def indices_for(num_frames, fps):
         stride = ClipSpec(1, 1, "dense", fps_target).stride(fps)
-        count = min(max(math.floor(num_frames / stride + 1e-6), 1), max_frames)
+        count = min(max(math.ceil(num_frames / stride - 1e-6), 1), max_frames)  # the target-fps times in the video
         return test_indices(ClipSpec(count, 1, "dense", fps_target), 0, num_frames, fps, 1, 0)
 
     return indices_for
@@ -66,6 +66,12 @@ def preprocessing(args, meta, cfg):
         missing = [k for k in PREPROCESS_KEYS if not isinstance(p, dict) or k not in p]
         if missing:
             raise CheckpointError(f"{args.checkpoint}: meta 'preprocess' lacks {missing} (has {p!r})")
+        bad = [k for k in ("fps", "short_side", "crop") if not isinstance(p[k], (int, float)) or p[k] <= 0]
+        bad += [k for k in ("mean", "std") if not (isinstance(p[k], list) and len(p[k]) == 3
+                                                  and all(isinstance(v, (int, float)) for v in p[k]))]
+        if bad:
+            raise CheckpointError(f"{args.checkpoint}: meta 'preprocess' {', '.join(bad)} not valid (has {p!r}): "
+                                  f"fps, short_side, crop positive numbers; mean, std three numbers each")
         transform = TestTransform(int(p["short_side"]), int(p["crop"]), list(p["mean"]), list(p["std"]))
         what = (f"checkpoint meta: {p['fps']} fps, up to {args.max_frames} frames, short side {p['short_side']}, "
                 f"crop {p['crop']}")
@@ -80,9 +86,9 @@ def preprocessing(args, meta, cfg):
     return centred_clip(clip_spec(cfg)), transform, d.NUM_FRAMES, what
 
 
-def builder_options(meta, name):
-    """Options of the model's builder that the meta records (e.g. I3D's `last_block`)."""
-    fixed = ("num_classes", "num_frames", "crop_size", "data_mean", "data_std")
+def builder_options(meta, name, given):
+    """Options of the model's builder that the meta records (e.g. I3D's `last_block`), beyond those `given`."""
+    fixed = ("num_classes", "num_frames", "crop_size", *given)
     params = inspect.signature(MODELS[name]).parameters
     return {k: meta[k] for k in params if k not in fixed and k in meta}
 
@@ -157,10 +163,12 @@ def main(argv=None):
         raise ConfigError(f"model {name!r} (from --model, the checkpoint's meta or MODEL.STUDENT) is not registered; "
                           f"registered: {', '.join(sorted(MODELS))}")
     # builder options as the config gives them, with the clip's normalisation (I3D maps it to its own range)
-    options = load_config(args.config, ["DATA.MEAN", str(list(transform.mean)), "DATA.STD", str(list(transform.std))])
-    model = build_model(name, sum(len(n) for n in names.values()), frames, transform.crop_size,
-                        **config_kwargs(options, name), **builder_options(meta, name))
-    report = load_checkpoint(model, args.checkpoint, cfg.MODEL.PARTIAL_LOAD if cfg else False)
+    options = config_kwargs(cfg or load_config(), name)
+    options.update({k: tuple(v) for k, v in (("data_mean", transform.mean), ("data_std", transform.std))
+                    if k in options})
+    model = build_model(name, sum(len(n) for n in names.values()), frames, transform.crop_size, **options,
+                        **builder_options(meta, name, options))
+    report = load_checkpoint(model, args.checkpoint)  # never partial: a prediction needs every weight
     model.eval().to(device)
     print(f"{name} from {args.checkpoint} ({report['loaded']} tensors), on {device}; preprocessing from {what}")
 

@@ -194,6 +194,8 @@ def read_chunks(path, indices_for, each, chunk=64, backend="decord", threads=1):
             part = indices[i : i + chunk]
             try:
                 frames = reader.get_frames(part)
+            except DecodeTimeout:
+                raise
             except DecodeError:
                 if last is None:
                     raise
