@@ -20,6 +20,7 @@ import shutil
 import torch
 import yaml
 
+from vidkd.engine import distributed
 from vidkd.errors import CheckpointError, ConfigError
 from vidkd.hashing import sha256_of_files
 
@@ -47,22 +48,17 @@ def _write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def _barrier():
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def save(engine, folder, tag, client_state, rank_state, config_text, keep):
     """Every rank calls this. Writes checkpoint `tag` (see the module docstring) and prunes old ones."""
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    rank = distributed.rank()
     partial = os.path.join(folder, PARTIAL + tag)
     if rank == 0 and os.path.isdir(partial):
         shutil.rmtree(partial)  # left by a run killed while writing
-    _barrier()
+    distributed.barrier()
     engine.save_checkpoint(folder, tag=PARTIAL + tag, client_state=client_state, save_latest=False,
                            exclude_frozen_parameters=True)
     torch.save(rank_state, os.path.join(partial, rank_file(rank)))
-    _barrier()
+    distributed.barrier()
     if rank == 0:
         files = {name: {"bytes": os.path.getsize(os.path.join(partial, name)),
                         "sha256": sha256_of_files([os.path.join(partial, name)])}
@@ -76,7 +72,7 @@ def save(engine, folder, tag, client_state, rank_state, config_text, keep):
         _write_atomic(os.path.join(folder, "latest"), tag)
         for old in complete(folder)[keep:]:
             shutil.rmtree(os.path.join(folder, old["tag"]))
-    _barrier()
+    distributed.barrier()
 
 
 def complete(folder):
@@ -142,8 +138,8 @@ def resume_point(folder, config_text):
                               f"afresh with --resume none or another OUTPUT_DIR):\n  {listing}")
         found = manifest
         break
-    _barrier()
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    distributed.barrier()
+    rank = distributed.rank()
     if rank == 0 and damaged:
         for tag in damaged:
             aside = os.path.join(folder, DAMAGED + tag)
@@ -154,7 +150,7 @@ def resume_point(folder, config_text):
             _write_atomic(os.path.join(folder, "latest"), found["tag"])
         elif os.path.isfile(os.path.join(folder, "latest")):
             os.remove(os.path.join(folder, "latest"))
-    _barrier()
+    distributed.barrier()
     return found
 
 

@@ -98,6 +98,17 @@ def _world():
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
+def rank():
+    """This process's rank (0 outside a distributed run)."""
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def barrier():
+    """Wait for every rank (nothing to wait for outside a distributed run)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def all_gather_floats(values, device):
     """Every rank's list of floats (each rank passes as many): a list of `world_size` lists, rank order."""
     t = torch.tensor(values, dtype=torch.float64, device=device)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from vidkd.data.video_dataset import collate
 from vidkd.distill.build import teachers_needed
+from vidkd.engine import distributed
 from vidkd.errors import ConfigError
 from vidkd.hashing import sha256_of_files
 
@@ -73,11 +74,6 @@ class ViewItems(Dataset):
         return self.dataset.view_item(video, view)
 
 
-def _barrier():
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def fill(folder, distiller, dataset, cfg, device, rank, world):
     """Compute and store this rank's slots in `<folder>.partial`; then (rank 0) rename it to `folder`."""
     partial, views = folder + ".partial", dataset.views
@@ -110,12 +106,12 @@ def fill(folder, distiller, dataset, cfg, device, rank, world):
         done[row] = True
         np.save(done_path + ".tmp.npy", done)
         os.replace(done_path + ".tmp.npy", done_path)  # marked only once the rows are on disk
-    _barrier()
+    distributed.barrier()
     if rank == 0:
         with open(os.path.join(partial, "meta.json"), "w") as f:
             json.dump({"world": world, "views": views, "rows": rows, "names": sorted(arrays) or _names(partial)}, f)
         os.replace(partial, folder)
-    _barrier()
+    distributed.barrier()
 
 
 def _names(partial):
