@@ -56,7 +56,7 @@ def test_every_method_backpropagates_through_inference_mode_teachers(variant):
     assert all(p.grad is not None for p in distiller.student.parameters() if p.requires_grad)
     if learned:
         assert distiller.phi_v.weight.grad is not None  # phi_V trains on the ViT's features
-    assert not any(p.grad is not None for p in distiller.teachers.parameters())
+    assert not any(p.grad is not None for t in distiller.teachers for p in t.parameters())
     if distiller.teachers:
         logits, features, embedding = distiller.run_teacher(0, batch()["video"])
         assert all(t.dtype == torch.float32 and not t.is_inference() and not t.requires_grad

@@ -13,10 +13,7 @@ Prints clips/s and peak memory of each, and the two ratios of issue 6: `live / (
 import argparse
 import json
 import os
-import random
-import statistics
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -26,7 +23,7 @@ from vidkd.config import load_config
 from vidkd.distill.build import build_distiller
 from vidkd.engine.teacher_cache import TeacherCache
 from vidkd.engine.trainer import build_models, param_groups
-from vidkd.profiling.latency import high_water_kb, reset_high_water
+from vidkd.profiling.latency import measure_steps
 
 
 def batches(cfg, heads, steps, device):
@@ -50,43 +47,16 @@ def write_cache(distiller, data, folder):
     return TeacherCache(folder)
 
 
-def measure(steps, data, device, warmup=3):
-    """{name: (median ms per step, peak MB above the step's start)} of every `step(batch)` in `steps`, run in
-    turn, in a shuffled order, on each batch of `data` (so that a slow spell of a shared machine, or what one
-    step leaves in the caches, hits every step alike), after `warmup` untimed rounds (the first steps of a
-    process are slow)."""
-    cuda, order = device.type == "cuda", random.Random(0)
-    times, peaks = {name: [] for name in steps}, {name: 0.0 for name in steps}
-    for i, batch in enumerate(data):
-        for name in order.sample(list(steps), len(steps)):
-            step = steps[name]
-            if cuda:
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                start_mb = torch.cuda.memory_allocated(device) / 2**20
-            else:
-                start_mb = reset_high_water() / 1024
-            start = time.perf_counter()
-            step(batch)
-            if cuda:
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else high_water_kb() / 1024
-            if i >= warmup:
-                times[name].append(1e3 * seconds)
-                peaks[name] = max(peaks[name], peak - start_mb)
-    return {name: (statistics.median(times[name]), peaks[name]) for name in steps}
-
-
 def training_step(distiller, cfg, cache=None):
     optimizer = torch.optim.AdamW(param_groups(distiller, cfg.SOLVER.WEIGHT_DECAY), lr=cfg.SOLVER.BASE_LR)
     done = [0]  # clips read from the cache so far: the cache holds the batches in order
 
     def step(batch):
         if cache is not None:
-            index = torch.arange(done[0], done[0] + len(batch["video"])) % cache.rows
+            rows = [cache.read(r % cache.rows, 0) for r in range(done[0], done[0] + len(batch["video"]))]
             done[0] += len(batch["video"])
-            batch = {**batch, "teacher": cache.lookup(index, torch.zeros_like(index), batch["video"].device)}
+            teacher = {name: torch.stack([r[name] for r in rows]).to(batch["video"].device).float() for name in rows[0]}
+            batch = {**batch, "teacher": teacher}
         _, losses = distiller(batch)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
@@ -106,7 +76,7 @@ def main(argv=None):
     heads = {"label": cfg.MODEL.NUM_CLASSES or 400}
     torch.manual_seed(cfg.SEED)
     student, teachers = build_models(cfg, heads)
-    method = build_distiller(cfg, student, teachers, heads).to(device).train()
+    method = build_distiller(cfg, student, [t.to(device) for t in teachers], heads).to(device).train()
     alone = build_distiller(load_config(args.config, args.overrides + ["DISTILL.METHOD", "ce"]), student, [],
                             heads).to(device).train()
     data = batches(cfg, heads, args.steps + 3, device)
@@ -116,7 +86,7 @@ def main(argv=None):
                  "teachers' forward": lambda b: method.teacher_targets(b["video"]),
                  f"{cfg.DISTILL.METHOD}, live": training_step(method, cfg),
                  f"{cfg.DISTILL.METHOD}, cached": training_step(method, cfg, cache)}
-        rows = measure(steps, data, device)
+        rows = measure_steps(steps, data, device)
     b, width = cfg.TRAIN.BATCH_SIZE, max(map(len, rows))
     print(f"\n{cfg.MODEL.STUDENT} <- {', '.join(cfg.MODEL.TEACHERS)}; batch {b} x "
           f"{cfg.DATA.NUM_FRAMES}x{cfg.DATA.TRAIN_CROP_SIZE}px, median of {args.steps} steps on {device}")

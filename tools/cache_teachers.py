@@ -14,9 +14,9 @@ import torch
 from vidkd.cli import run
 from vidkd.config import load_config
 from vidkd.data.loader import build_dataset
-from vidkd.distill.build import build_distiller, teachers_needed
+from vidkd.distill.build import teachers_needed
 from vidkd.engine import distributed, teacher_cache
-from vidkd.engine.trainer import build_models
+from vidkd.engine.trainer import build_training, check_precision
 from vidkd.errors import ConfigError
 
 
@@ -31,14 +31,15 @@ def main(argv=None):
         raise ConfigError(f"config key DISTILL.METHOD {cfg.DISTILL.METHOD!r} runs no teacher: nothing to cache")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     rank, world, device = distributed.init()
+    check_precision(cfg, device)
     torch.manual_seed(cfg.SEED)  # a teacher without a checkpoint gets the same random weights as in training
     dataset = build_dataset(cfg, train=True)
     heads = {h: len(names) for h, names in dataset.manifest.label_sets.items()}
-    distiller = build_distiller(cfg, *build_models(cfg, heads), heads).to(device)
+    distiller = build_training(cfg, heads, device)  # the teachers and projections exactly as training runs them
     cache = teacher_cache.prepare(cfg, distiller, dataset, device, rank, world)
     if rank == 0:
         print(f"teacher cache: {cache.folder} ({len(dataset.manifest.samples)} videos x {cache.views} views: "
-              f"{', '.join(cache.arrays)})")
+              f"{', '.join(cache.names)})")
     return 0
 
 

@@ -73,7 +73,9 @@ _C.MODEL = CfgNode()
 _C.MODEL.STUDENT = "x3d_xs"
 # The teachers, heterogeneous ViT first, then the homogeneous 3D CNN (e.g. videomae_vit_b, x3d_m).
 _C.MODEL.TEACHERS = ["videomae_vit_b", "x3d_m"]
-# Number of classes; 0 takes the size of the training manifest's label set.
+# Number of classes. Training takes the classes of the training manifest (all its label sets, side by side); a
+# value here other than 0 must equal their number (checked before training). Tools that read no manifest
+# (predict, profile_net, benchmark_distill) build their models with it (0: 400 there).
 _C.MODEL.NUM_CLASSES = 0
 # Checkpoint of the student (a file or a DeepSpeed checkpoint folder); "" starts from random weights.
 _C.MODEL.STUDENT_CHECKPOINT = ""
@@ -147,7 +149,10 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.DEEPSPEED = CfgNode()
 # ZeRO stage (0: plain data parallel, 1: optimiser states, 2: also gradients sharded).
 _C.DEEPSPEED.ZERO_STAGE = 0
-# Mixed precision on the GPU: fp32 | bf16 | fp16 (the CPU always runs fp32).
+# Precision of what DeepSpeed trains (student and training-only heads; the frozen teachers run outside it, in fp32
+# or under MODEL.TEACHER_AUTOCAST): fp32 | bf16 (weights and activations in bf16, fp32 master weights in the
+# optimiser; losses in fp32) | fp16 (the same with dynamic loss scaling; GPUs only: DeepSpeed's CPU accelerator
+# has no fp16). The CPU runs bf16 too, but more slowly than fp32.
 _C.DEEPSPEED.PRECISION = "bf16"
 
 # ----------------------------------------------------------------------------- distillation
@@ -164,7 +169,8 @@ _C.DISTILL.TEMPERATURE = 4.0
 _C.DISTILL.LOGIT_WEIGHT = 1.0
 # Weight of the feature loss: FitNet / SDD (beta in METHODS.md 2.3).
 _C.DISTILL.FEATURE_WEIGHT = 1.0
-# Weight of RKD on pooled embeddings (rkd method; gamma of the dual teacher, 0 = off).
+# Weight gamma of RKD on pooled embeddings: of the rkd method (which needs it above 0) and of the dual teacher
+# (0 = off).
 _C.DISTILL.RKD_WEIGHT = 0.0
 # DKD: weights of the target-class and non-target-class terms, and warm-up epochs.
 _C.DISTILL.DKD_ALPHA = 1.0

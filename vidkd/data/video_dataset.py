@@ -1,6 +1,7 @@
 """The video dataset over a manifest: decode a clip, sample its frames, transform it.
 
-Training: one item per video, one random clip (frames, crop and flip drawn from `(seed, epoch, index)`, so
+Training: one item per video (with the teachers' stored outputs for its view, under "teacher", when
+`teacher_cache` is set), one random clip (frames, crop and flip drawn from `(seed, epoch, index)`, so
 an item is the same whichever worker makes it). With a pool of `views` per video (the teacher-output cache),
 each epoch picks one of the video's views from `(seed, epoch, index)` and the view's draws come from
 `(seed, index, view)`, so a view is the same clip every time. Testing: `n_clips x n_crops` items per video, each with
@@ -28,6 +29,9 @@ class VideoDataset(Dataset):
         self.n_clips, self.n_crops = (1, 1) if train else (n_clips, n_crops)
         self.decoder, self.threads, self.seed = decoder, threads, seed
         self.max_retries, self.timeout = max_retries, timeout
+        # Set by the engine when the teachers' outputs come from the teacher-output cache: an object whose
+        # `read(sample, view)` gives them as a dict of tensors, added to each training item as "teacher".
+        self.teacher_cache = None
 
     def __len__(self):
         return len(self.manifest.samples) * self.n_clips * self.n_crops
@@ -79,9 +83,12 @@ class VideoDataset(Dataset):
 
     def _item(self, j, view, video, valid, failures, sample=None):
         """Item of video j; `sample`: the index asked for (the key of the teacher cache), j unless replaced."""
-        targets = self.manifest.samples[j].targets
-        return {"video": video, "targets": dict(targets), "index": j, "view": view, "valid": valid,
-                "failures": failures, "sample": j if sample is None else sample}
+        targets, sample = self.manifest.samples[j].targets, j if sample is None else sample
+        item = {"video": video, "targets": dict(targets), "index": j, "view": view, "valid": valid,
+                "failures": failures, "sample": sample}
+        if self.train and self.teacher_cache is not None:
+            item["teacher"] = self.teacher_cache.read(sample, view)
+        return item
 
     def _decode(self, j, indices_in):
         """Frames of sample j; `indices_in(lo, hi, fps)` picks indices inside the sample's frame range."""

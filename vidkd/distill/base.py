@@ -1,7 +1,8 @@
 """The contract every distillation method keeps, and what they share.
 
-A method is an `nn.Module` holding the student (trained), the teachers (frozen: eval mode, no gradients,
-outputs in fp32) and any training-only modules (exits, branches, regressors). `forward(batch)` returns
+A method is an `nn.Module` holding the student (trained) and any training-only modules (exits, branches,
+regressors), and using the teachers (frozen: eval mode, no gradients, outputs in fp32), which it holds outside
+its module tree (see `Distiller.__init__`). `forward(batch)` returns
 `(student_logits, losses)`: the logits `[B, sum K]` of all heads side by side, and a dict of named loss
 terms that the engine sums. A method may also fill `self.stats` with per-sample tensors to log (the DATW
 weights). Methods know nothing of DeepSpeed; the engine knows nothing of any method.
@@ -17,30 +18,39 @@ from vidkd.models.base import split_heads
 from vidkd.models.taps import FeatureTaps
 
 
+def input_in_weight_dtype(module, args):
+    """Forward pre-hook: the clip in the dtype of the module's weights (bf16 / fp16 under DeepSpeed's mixed
+    precision), whatever the loader gave."""
+    dtype = next(module.parameters()).dtype
+    return (args[0].to(dtype),) + args[1:]
+
+
 class Distiller(nn.Module):
     def __init__(self, student, teachers, heads, cfg):
         super().__init__()
         self.student = student
-        self.teachers = nn.ModuleList(teachers)
-        self.teachers.requires_grad_(False)
+        # The frozen teachers are a plain tuple, not submodules, so the module the engine hands to DeepSpeed holds
+        # only what trains. Inside it, DeepSpeed's bf16 / fp16 would cast their weights (the teachers' outputs,
+        # hence the cached targets, would change with DEEPSPEED.PRECISION, and MODEL.TEACHER_AUTOCAST decides
+        # their precision), broadcast them from rank 0 at start-up (every rank loads the same checkpoint anyway),
+        # put their batch-norm statistics in every checkpoint, and under ZeRO-3 partition weights that never
+        # change, only to gather them again at every step. The engine moves them to the device itself.
+        self.teachers = tuple(t.requires_grad_(False).eval() for t in teachers)  # eval: BN statistics, dropout
         self.heads = dict(heads)  # head name -> classes, in the classifier's order
         self.cfg = cfg.DISTILL
         self.epoch = 0  # set by the engine (DKD's warm-up)
         self.stats = {}
+        student.register_forward_pre_hook(input_in_weight_dtype)
         self.student_taps = FeatureTaps(student)
         self.teacher_taps = [FeatureTaps(t) for t in self.teachers]
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.teachers.eval()  # frozen teachers stay in eval mode (batch-norm statistics, dropout)
-        return self
 
     def split(self, logits):
         """`{head: [B, K_head]}` from the side-by-side logits."""
         return split_heads(logits, self.heads)
 
     def run_teacher(self, k, video):
-        """Teacher k's `(logits, stage features, embedding)`, in fp32, carrying no gradient."""
+        """Teacher k's `(logits, stage features, embedding)`, in fp32, carrying no gradient. `video`: the clip as
+        the loader gives it (fp32), whatever the student's precision."""
         with torch.inference_mode():
             logits, features, embedding = self.teacher_taps[k](video)
 

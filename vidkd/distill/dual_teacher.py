@@ -9,7 +9,8 @@ confidence `neg_entropy` the confidence term is `-H(p_k)` itself (already on a l
 
 SDD (2.2): both teachers' last-stage maps, pooled to the student's last-stage grid, are projected to width d
 by phi_V, phi_C (fixed seeded orthogonal 1x1x1 convs, or phi_V learned to predict phi_C(f_C) from f_V on
-teacher features only) and layer-normed per position without affine parameters. Targets
+teacher features only; computed in fp32, the teachers' output dtype, whatever the training precision keeps
+their weights in) and layer-normed per position without affine parameters. Targets
 `r_C = sg(phi_C f_C)`, `r_res = sg(phi_V f_V - phi_C f_C)`; the student's map feeds `g_main` (1x1x1 conv)
 -> r_C and the Structure Discrepancy Branch `g_aux` -> r_res. Both heads exist only in training.
 """
@@ -49,6 +50,11 @@ def teacher_weights(z_v, z_c, z_s, y, cfg):
 def position_norm(x):
     """Layer norm over the channels at every position, no affine parameters: [B, d, T, H, W]."""
     return F.layer_norm(x.movedim(1, -1), x.shape[1:2]).movedim(-1, 1)
+
+
+def project(phi, f):
+    """`phi(f)` in the dtype of `f` (the teachers' fp32 maps), from weights held in the training precision."""
+    return F.conv3d(f, phi.weight.to(f.dtype))
 
 
 def fixed_projection(c_in, dim, generator):
@@ -135,14 +141,14 @@ class DualTeacher(Distiller):
 
     def sdd_targets(self, f_v, f_c, grid):
         """(r_C, r_res, phi_V f_V) on the student's grid; the targets carry no gradient."""
-        p_c = position_norm(self.phi_c(match_grid(f_c, grid)))
-        p_v = position_norm(self.phi_v(match_grid(f_v, grid)))
+        p_c = position_norm(project(self.phi_c, match_grid(f_c, grid)))
+        p_v = position_norm(project(self.phi_v, match_grid(f_v, grid)))
         return p_c.detach(), (p_v - p_c).detach(), p_v
 
     def sdd(self, t, f_s):
         beta = self.cfg.FEATURE_WEIGHT
-        losses = {"sdd_main": beta * F.mse_loss(self.g_main(f_s), t["r_c"]),  # MSE(g_main(f_S), r_C)
-                  "sdd_aux": beta * F.mse_loss(self.g_aux(f_s), t["r_res"])}  # MSE(g_aux(f_S), r_res)
+        losses = {"sdd_main": beta * F.mse_loss(self.g_main(f_s).float(), t["r_c"]),  # MSE(g_main(f_S), r_C)
+                  "sdd_aux": beta * F.mse_loss(self.g_aux(f_s).float(), t["r_res"])}  # MSE(g_aux(f_S), r_res)
         if self.cfg.SDD_PHI == "learned":  # phi_V learns to predict phi_C(f_C) from f_V alone
             losses["sdd_phi"] = F.mse_loss(t["p_v"], t["r_c"])
         return losses

@@ -1,4 +1,5 @@
-"""RKD (Park et al., CVPR 2019) on pooled embeddings: L = CE + 25 * distance + 50 * angle term."""
+"""RKD (Park et al., CVPR 2019) on pooled embeddings: L = CE + gamma * (25 * distance + 50 * angle term),
+gamma = DISTILL.RKD_WEIGHT."""
 from vidkd.distill.base import Distiller
 from vidkd.distill.losses import rkd_loss
 
@@ -10,4 +11,4 @@ class RKD(Distiller):
     def forward(self, batch):
         e_t = self.targets(batch)["embedding"]
         z_s, _, e_s = self.student_taps(batch["video"])
-        return z_s, {"ce": self.cfg.CE_WEIGHT * self.ce(z_s, batch["targets"]), "rkd": rkd_loss(e_s, e_t)}
+        return z_s, {"ce": self.cfg.CE_WEIGHT * self.ce(z_s, batch["targets"]), "rkd": self.cfg.RKD_WEIGHT * rkd_loss(e_s, e_t)}

@@ -4,10 +4,13 @@ Each training video gets a fixed pool of DISTILL.CACHE_VIEWS views (clip start, 
 `(SEED, video, view)`: VideoDataset `views`); each epoch draws one view per video. For every (video, view)
 the method's `teacher_targets` (teacher logits, and e.g. the dual teacher's projected SDD targets) are
 computed once and stored as fp16 in memory-mapped `.npy` files; training reads them instead of running the
-teachers.
+teachers: the loader's workers read each item's targets with its clip (`VideoDataset.teacher_cache`), so they
+come with the batch (pinned with it on a GPU), not from a read inside the training step.
 
 The cache lives in `<DISTILL.CACHE_DIR or teacher_cache/ beside the manifest>/<key>/`, where the key hashes
-the training manifest, the teachers' checkpoint files, the view spec and the method's target spec: any change
+the training manifest, the teachers' checkpoint files, the view spec, the method's target spec and the precision
+the targets are computed in (whether the teachers run under bf16 autocast on this device, and
+DEEPSPEED.PRECISION, which rounds the dual teacher's SDD projections): any change
 gives another key, hence a rebuild, never a silent mismatch. It is filled in `<key>.partial/`, where rank r of
 W fills the slots `s = video * V + view` with `s % W == r` into its own shard files at row `s // W` and marks
 each filled row (a killed fill resumes where it stopped), then renamed to `<key>/` with its `meta.json`.
@@ -27,6 +30,7 @@ from vidkd.distill.build import teachers_needed
 from vidkd.engine import distributed
 from vidkd.errors import ConfigError
 from vidkd.hashing import sha256_of_files
+from vidkd.models.fast import AUTOCAST_DEVICES
 
 log = logging.getLogger("vidkd.engine")
 # Config keys that change the clips of a view, and those that change what the method's teachers output.
@@ -43,10 +47,12 @@ def _digest(path):
     return sha256_of_files(files) if files else ""
 
 
-def cache_spec(cfg, manifest):
-    """Everything the cached outputs depend on (JSON-able)."""
+def cache_spec(cfg, manifest, device):
+    """Everything the cached outputs depend on (JSON-able), for teachers run on `device`."""
     m = cfg.MODEL
     return {
+        "precision": {"teacher_autocast": m.TEACHER_AUTOCAST and device.type in AUTOCAST_DEVICES,
+                      "training": cfg.DEEPSPEED.PRECISION},
         "manifest": [manifest.root] + [[r.path, r.start_frame, r.stop_frame, r.fps, r.frames] for r in manifest.samples],
         "teachers": [[m.TEACHERS[i], _digest(m.TEACHER_CHECKPOINTS[i])] for i in teachers_needed(cfg)],
         "views": {"count": cfg.DISTILL.CACHE_VIEWS, "seed": cfg.SEED, **{k: cfg.DATA[k] for k in VIEW_KEYS}},
@@ -120,25 +126,31 @@ def _names(partial):
 
 
 class TeacherCache:
-    """Reads the stored targets of (video, view) slots."""
+    """Reads the stored targets of a (video, view) slot. It goes to the loader's workers with the dataset: each
+    process maps the shard files itself, at its first read (a memory map is not sent between processes)."""
 
     def __init__(self, folder):
         with open(os.path.join(folder, "meta.json")) as f:
             meta = json.load(f)
         self.folder, self.world, self.views, self.rows = folder, meta["world"], meta["views"], meta["rows"]
-        self.arrays = {name: [np.load(os.path.join(folder, f"{name}.shard{r}.npy"), mmap_mode="r")
-                              for r in range(self.world)] for name in meta["names"]}
+        self.names, self._arrays = meta["names"], None
 
-    def lookup(self, samples, views, device):
-        """`{name: fp32 tensor [B, ...]}` for videos `samples` at views `views` (1-D integer tensors)."""
-        slots = (samples * self.views + views).tolist()
-        return {name: torch.from_numpy(np.stack([shards[s % self.world][s // self.world] for s in slots]))
-                .to(device).float() for name, shards in self.arrays.items()}
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": None}
+
+    def read(self, sample, view):
+        """`{name: fp16 tensor}` of training video `sample` at view `view`."""
+        if self._arrays is None:
+            self._arrays = {name: [np.load(os.path.join(self.folder, f"{name}.shard{r}.npy"), mmap_mode="r")
+                                   for r in range(self.world)] for name in self.names}
+        s = sample * self.views + view
+        return {name: torch.from_numpy(np.array(shards[s % self.world][s // self.world]))
+                for name, shards in self._arrays.items()}
 
 
 def prepare(cfg, distiller, dataset, device, rank, world):
     """The cache for this config (DISTILL.CACHE auto: built if missing; require: ConfigError if missing)."""
-    folder = cache_folder(cfg, cache_spec(cfg, dataset.manifest))
+    folder = cache_folder(cfg, cache_spec(cfg, dataset.manifest, device))
     if not os.path.isfile(os.path.join(folder, "meta.json")):
         if cfg.DISTILL.CACHE == "require":
             raise ConfigError(f"DISTILL.CACHE require: no teacher cache for this config at {folder} (build it with "

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from vidkd.data.loader import build_loader
 from vidkd.distill.build import build_distiller, teachers_needed
 from vidkd.engine import checkpointing, distributed, teacher_cache
+from vidkd.engine.ema import EMA
 from vidkd.engine.evaluate import MultiViewEvaluator
 from vidkd.errors import ConfigError, TrainingError
 from vidkd.models import MODELS, build_from_config
@@ -26,6 +27,7 @@ from vidkd.models.fast import speed_up
 
 log = logging.getLogger("vidkd.engine")
 CHECKPOINTS = "checkpoints"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_config(cfg):
@@ -37,6 +39,9 @@ def check_config(cfg):
     if len(m.TEACHER_CHECKPOINTS) != len(m.TEACHERS):
         raise ConfigError(f"config key MODEL.TEACHER_CHECKPOINTS has {len(m.TEACHER_CHECKPOINTS)} entries, "
                           f"MODEL.TEACHERS {len(m.TEACHERS)}")
+    if cfg.DISTILL.METHOD == "rkd" and cfg.DISTILL.RKD_WEIGHT <= 0:
+        raise ConfigError(f"config key DISTILL.RKD_WEIGHT is {cfg.DISTILL.RKD_WEIGHT}: the rkd method would train "
+                          f"with CE alone (set it above 0, e.g. 1.0)")
     needed = teachers_needed(cfg)
     if needed and max(needed) >= len(m.TEACHERS):
         raise ConfigError(f"config key DISTILL.METHOD {cfg.DISTILL.METHOD!r} needs teacher {max(needed)}, "
@@ -65,9 +70,15 @@ def lr_factor(step, warmup, total, base, minimum):
     return (minimum + (base - minimum) * 0.5 * (1 + math.cos(math.pi * progress))) / base
 
 
-def deepspeed_config(cfg, device):
-    gpu = device.type == "cuda"
-    precision = cfg.DEEPSPEED.PRECISION if gpu else "fp32"
+def check_precision(cfg, device):
+    """DEEPSPEED.PRECISION against what the device's DeepSpeed accelerator runs."""
+    if cfg.DEEPSPEED.PRECISION == "fp16" and device.type == "cpu":
+        raise ConfigError("config key DEEPSPEED.PRECISION fp16: DeepSpeed's CPU accelerator has no fp16 "
+                          "(bf16 and fp32 run on the CPU)")
+
+
+def deepspeed_config(cfg):
+    precision = cfg.DEEPSPEED.PRECISION
     ds = {
         "train_micro_batch_size_per_gpu": cfg.TRAIN.BATCH_SIZE,
         "gradient_accumulation_steps": cfg.TRAIN.GRAD_ACCUM_STEPS,
@@ -84,7 +95,7 @@ def deepspeed_config(cfg, device):
 
 def build_models(cfg, heads):
     """The student and the teachers the method needs, checkpoints loaded, with the config's fast paths
-    (vidkd.models.fast)."""
+    (vidkd.models.fast), on the CPU in fp32."""
     k, m = sum(heads.values()), cfg.MODEL
     student = build_from_config(cfg, m.STUDENT, k)
     if m.STUDENT_CHECKPOINT:
@@ -99,6 +110,27 @@ def build_models(cfg, heads):
             log.warning("teacher %s has no checkpoint: it teaches from random weights", m.TEACHERS[i])
         teachers.append(speed_up(teacher, m, teacher=True))
     return speed_up(student, m), teachers
+
+
+def cast_for_training(module, dtype):
+    """What DeepSpeed's bf16 / fp16 does to the module it wraps, done before it is wrapped, so that every tool
+    (training, tools/cache_teachers.py) runs the same weights: parameters in `dtype`, and batch-norm statistics
+    too (PyTorch's batch norm takes weights and statistics of one dtype; DeepSpeed casts no buffer). Other
+    buffers keep their dtype."""
+    for p in module.parameters():
+        p.data = p.data.to(dtype)
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+            m.running_mean.data, m.running_var.data = m.running_mean.to(dtype), m.running_var.to(dtype)
+    return module
+
+
+def build_training(cfg, heads, device):
+    """The distiller (student, training-only heads, teachers) exactly as training runs it: on `device`, what
+    DeepSpeed wraps in DEEPSPEED.PRECISION, the teachers (outside it) in fp32."""
+    student, teachers = build_models(cfg, heads)
+    distiller = build_distiller(cfg, student, [t.to(device) for t in teachers], heads)
+    return cast_for_training(distiller.to(device), PRECISIONS[cfg.DEEPSPEED.PRECISION])
 
 
 @torch.no_grad()
@@ -121,6 +153,7 @@ class Trainer:
         check_config(cfg)
         self.cfg = cfg
         self.rank, self.world, self.device = distributed.init()
+        check_precision(cfg, self.device)
         import deepspeed
 
         if cfg.TRAIN.DETERMINISTIC:
@@ -131,9 +164,11 @@ class Trainer:
         self.test_loader = build_loader(cfg, False, self.rank, self.world)
         label_sets = self.train_loader.dataset.manifest.label_sets
         self.heads = {h: len(names) for h, names in label_sets.items()}
+        if cfg.MODEL.NUM_CLASSES and cfg.MODEL.NUM_CLASSES != sum(self.heads.values()):
+            raise ConfigError(f"config key MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}, but the training manifest "
+                              f"has {sum(self.heads.values())} classes ({self.heads}): set it to 0 or to that")
         self.class_names = label_sets
-        student, teachers = build_models(cfg, self.heads)
-        distiller = build_distiller(cfg, student, teachers, self.heads)
+        distiller = build_training(cfg, self.heads, self.device)
         s, t = cfg.SOLVER, cfg.TRAIN
         groups = param_groups(distiller, s.WEIGHT_DECAY)
         if s.OPTIMIZER == "sgd":
@@ -145,15 +180,11 @@ class Trainer:
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, warmup, total, s.BASE_LR, s.MIN_LR))
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=distiller, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg, self.device))
-        self.cache = None  # the teachers' outputs, when they come from the teacher-output cache
-        if self.train_loader.dataset.views:
-            self.cache = teacher_cache.prepare(cfg, self.distiller, self.train_loader.dataset, self.device, self.rank,
-                                               self.world)
-        self.ema = None
-        if t.EMA:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.EMA_DECAY))
+            model=distiller, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg))
+        if self.train_loader.dataset.views:  # the loader's workers read the teachers' outputs with the clips
+            self.train_loader.dataset.teacher_cache = teacher_cache.prepare(
+                cfg, self.distiller, self.train_loader.dataset, self.device, self.rank, self.world)
+        self.ema = EMA(self.distiller.student, t.EMA_DECAY) if t.EMA else None
         self.out, self.checkpoints = cfg.OUTPUT_DIR, os.path.join(cfg.OUTPUT_DIR, CHECKPOINTS)
         # Where training stands: epochs completed, batches done in the epoch in progress, and the meters of
         # that partial epoch on this rank (None at an epoch's start).
@@ -198,7 +229,7 @@ class Trainer:
     def _rank_buffers(self):
         """Buffers each rank updates from its own batches (batch-norm statistics) in the trained modules;
         averaged over the ranks only at epoch ends."""
-        return {n: b for n, b in self.distiller.named_buffers() if not n.startswith("teachers.")}
+        return dict(self.distiller.named_buffers())
 
     def _save(self, meters):
         """Checkpoint the current position (`self.position`); `meters`: this rank's partial-epoch meters, saved
@@ -249,17 +280,18 @@ class Trainer:
         self.train_loader.tracker.epoch_failures = m["failures"]
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{t.EPOCHS}", unit="batch", initial=start,
                    total=self.train_loader.batches_per_epoch, disable=self.rank != 0)
-        dtype = next(self.distiller.student.parameters()).dtype
         for batch_index, batch in enumerate(bar, start):
             self.position["batch"] = batch_index + 1
             step_rng = np.random.default_rng([self.cfg.SEED, epoch, batch_index, self.rank])
             torch.manual_seed(int(step_rng.integers(2**62)))
             losses = None  # a batch lost with a loader worker (its videos are counted as failed)
             if batch is not None:
-                inputs = {"video": batch["video"].to(self.device, dtype, non_blocking=True),
+                # The clip in fp32, as the teachers take it (the student casts it to its own dtype).
+                inputs = {"video": batch["video"].to(self.device, non_blocking=True),
                           "targets": {h: y.to(self.device) for h, y in batch["targets"].items()}}
-                if self.cache is not None:
-                    inputs["teacher"] = self.cache.lookup(batch["sample"], batch["view"], self.device)
+                if "teacher" in batch:  # stored as fp16, used as fp32 like a live teacher's outputs
+                    inputs["teacher"] = {k: v.to(self.device, non_blocking=True).float()
+                                         for k, v in batch["teacher"].items()}
                 _, losses = self.engine(inputs)
             lost, bad = self._check_step(losses)
             if lost:  # every rank skips the step
@@ -272,7 +304,7 @@ class Trainer:
                 self.engine.backward(sum(losses.values()))
                 self.engine.step()
                 if self.ema is not None:
-                    self.ema.update_parameters(self.distiller.student)
+                    self.ema.update(self.distiller.student)
                 n = len(inputs["video"])
                 m["count"] += n
                 for name, value in losses.items():

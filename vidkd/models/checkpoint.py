@@ -136,10 +136,12 @@ def _resize_positions(table, grid, path):
 
 
 def save_model(model, path, **meta):
-    """vidkd's own weights file `{"model": state_dict, "meta": {...}}` (plain data), written atomically."""
+    """vidkd's own weights file `{"model": state_dict, "meta": {...}}` (plain data), written atomically; floating
+    tensors in fp32 whatever the precision the model trained in."""
     tmp = f"{path}.tmp"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({"model": model.state_dict(), "meta": {"name": getattr(model, "name", ""), **meta}}, tmp)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save({"model": state, "meta": {"name": getattr(model, "name", ""), **meta}}, tmp)
     os.replace(tmp, path)
 
 

@@ -33,25 +33,34 @@ def pool_embedding(head_input, head, batch):
 
 
 class FeatureTaps:
+    """The hooks keep outputs only during a call of the taps: a plain `model(x)` (a method that reads no stage
+    feature, an evaluation) leaves nothing alive in them."""
+
     def __init__(self, model):
-        self.model, self._saved = model, {}
+        self.model, self._saved, self._active = model, {}, False
         self._hooks = [model.get_submodule(name).register_forward_hook(self._keep(name))
                        for name in model.stage_names]
         self._hooks.append(model.head_module().register_forward_pre_hook(self._keep_head_input))
 
     def _keep_head_input(self, module, args):
-        self._saved["head"] = args[0]
+        if self._active:
+            self._saved["head"] = args[0]
 
     def _keep(self, name):
         def hook(module, args, output):
-            # A two-pathway stage returns a list that later modules overwrite in place: keep its slow pathway.
-            self._saved[name] = output[0] if isinstance(output, (list, tuple)) else output
+            if self._active:
+                # A two-pathway stage returns a list that later modules overwrite in place: keep its slow pathway.
+                self._saved[name] = output[0] if isinstance(output, (list, tuple)) else output
 
         return hook
 
     def __call__(self, x):
         self._saved.clear()
-        logits = self.model(x)
+        self._active = True
+        try:
+            logits = self.model(x)
+        finally:
+            self._active = False
         batch = x.shape[0]
         grid = self.model.token_grid
         features = [to_grid(self._saved[name], batch, grid) for name in self.model.stage_names]

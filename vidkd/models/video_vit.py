@@ -70,7 +70,13 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all N tokens: `[B, N, D]` -> `[B, N, D]`."""
+    """Multi-head self-attention over all N tokens: `[B, N, D]` -> `[B, N, D]`.
+
+    By default through `F.scaled_dot_product_attention`, which never holds the `[B, heads, N, N]` matrix (a
+    fused, memory-efficient kernel: at 16 x 224, N = 1568). With `keep_map = True` (set by a method that taps
+    attention maps) the matrix is computed explicitly and kept as `self.map` until the next forward; the output
+    is the same.
+    """
 
     def __init__(self, dim, num_heads):
         super().__init__()
@@ -80,15 +86,19 @@ class Attention(nn.Module):
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
         self.proj = nn.Linear(dim, dim)
+        self.keep_map, self.map = False, None
 
     def forward(self, x):
         B, N, D = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias, requires_grad=False), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).reshape(B, N, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, N, D/heads]
-        attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # softmax(q k^T / sqrt(d)), [B, h, N, N]
-        x = (attn @ v).transpose(1, 2).reshape(B, N, D)
-        return self.proj(x)
+        if self.keep_map:
+            self.map = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # softmax(q k^T / sqrt(d)), [B, h, N, N]
+            x = self.map @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q k^T / sqrt(d)) v
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
 class Block(nn.Module):

@@ -1,5 +1,6 @@
-"""Forward latency (CPU or CUDA) and peak memory of a model."""
+"""Forward latency (CPU or CUDA) and peak memory of a model; time and peak memory of training steps."""
 import multiprocessing
+import random
 import statistics
 import time
 
@@ -31,6 +32,34 @@ def measure_latency(model, input_shape, device, warmup=3, runs=10):
     if cuda:
         result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
+
+
+def measure_steps(steps, data, device, warmup=3):
+    """{name: (median ms per step, peak MB above the step's start)} of every `step(batch)` in `steps`, run in
+    turn, in a shuffled order, on each batch of `data` (so that a slow spell of a shared machine, or what one
+    step leaves in the caches, hits every step alike), after `warmup` untimed rounds (the first steps of a
+    process are slow)."""
+    cuda, order = device.type == "cuda", random.Random(0)
+    times, peaks = {name: [] for name in steps}, {name: 0.0 for name in steps}
+    for i, batch in enumerate(data):
+        for name in order.sample(list(steps), len(steps)):
+            step = steps[name]
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                start_mb = torch.cuda.memory_allocated(device) / 2**20
+            else:
+                start_mb = reset_high_water() / 1024
+            start = time.perf_counter()
+            step(batch)
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else high_water_kb() / 1024
+            if i >= warmup:
+                times[name].append(1e3 * seconds)
+                peaks[name] = max(peaks[name], peak - start_mb)
+    return {name: (statistics.median(times[name]), peaks[name]) for name in steps}
 
 
 def peak_memory_mb(name, kwargs, input_shape):
