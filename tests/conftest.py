@@ -160,6 +160,7 @@ def write_config(path, data_root, out, method, **extra):
         "TRAIN": {"BATCH_SIZE": 4, "EPOCHS": 2, "EVAL_PERIOD": 1, "CHECKPOINT_PERIOD": 1},
         "TEST": {"BATCH_SIZE": 4, "NUM_CLIPS": 1, "NUM_CROPS": 1},
         "DISTILL": {"METHOD": method},
+        "DEEPSPEED": {"PRECISION": "fp32"},  # bf16 (the default, for GPUs) in the tests that say so: slower on a CPU
     }
     for group, values in extra.items():
         cfg.setdefault(group, {}).update(values)

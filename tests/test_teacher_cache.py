@@ -11,7 +11,7 @@ import torch
 from conftest import REPO, TIMEOUT, clean_env, command, launch, ok, records, write_config
 
 from vidkd.config import load_config
-from vidkd.data.loader import build_dataset
+from vidkd.data.loader import build_dataset, build_loader
 from vidkd.data.video_dataset import collate
 from vidkd.distill.build import build_distiller
 from vidkd.engine import teacher_cache
@@ -28,6 +28,19 @@ def cache_config(tmp_path, dataset, method="dual_teacher", *overrides):
     return path, load_config(path, list(overrides))
 
 
+CPU = torch.device("cpu")
+
+
+def read_all(cache, samples, views):
+    """`{name: fp32 [len(samples), ...]}` of the stored targets of the slots (samples[i], views[i])."""
+    rows = [cache.read(s, v) for s, v in zip(samples, views)]
+    return {name: torch.stack([r[name] for r in rows]).float() for name in cache.names}
+
+
+def key(cfg, manifest, device=CPU):
+    return teacher_cache.cache_folder(cfg, teacher_cache.cache_spec(cfg, manifest, device))
+
+
 def distiller_and_data(cfg):
     torch.manual_seed(0)
     dataset = build_dataset(cfg, train=True)
@@ -42,10 +55,12 @@ def test_training_from_the_cache_gives_the_live_losses_on_the_same_views(dataset
     cache = teacher_cache.prepare(cfg, distiller, data, torch.device("cpu"), 0, 1)
     assert os.path.isfile(os.path.join(cache.folder, "meta.json")) and not os.path.exists(cache.folder + ".partial")
     distiller.train()
+    data.teacher_cache = cache  # what the engine does: items carry their stored targets
     batch = collate([data.view_item(i, v) for i, v in [(0, 0), (3, 1), (7, 1), (15, 0)]])
     assert batch["sample"].tolist() == [0, 3, 7, 15] and batch["view"].tolist() == [0, 1, 1, 0]
     live_in = {"video": batch["video"], "targets": batch["targets"]}
-    stored = cache.lookup(batch["sample"], batch["view"], torch.device("cpu"))
+    assert all(t.dtype == torch.float16 for t in batch["teacher"].values())
+    stored = {name: t.float() for name, t in batch["teacher"].items()}
     with torch.no_grad():
         live = distiller.teacher_targets(batch["video"])
         assert stored.keys() == live.keys()
@@ -63,27 +78,52 @@ def test_training_from_the_cache_gives_the_live_losses_on_the_same_views(dataset
 def test_the_key_changes_with_what_the_outputs_depend_on(dataset, tmp_path):
     path, cfg = cache_config(tmp_path, dataset)
     manifest = build_dataset(cfg, train=True).manifest
-    key = teacher_cache.cache_folder(cfg, teacher_cache.cache_spec(cfg, manifest))
+    base = key(cfg, manifest)
     ckpt = tmp_path / "teacher.pt"
     torch.save({"model": {"w": torch.zeros(1)}}, ckpt)
     changed = {"a view": ["DATA.TRAIN_CROP_SCALE", "[0.5, 1.0]"], "the views": ["DISTILL.CACHE_VIEWS", "3"],
                "the targets": ["DISTILL.SDD_DIM", "64"], "the teacher": ["MODEL.TEACHERS", "[videomae_vit_s, c3d_small]"],
-               "a checkpoint": ["MODEL.TEACHER_CHECKPOINTS", f"[{ckpt}, '']"]}
+               "the training precision": ["DEEPSPEED.PRECISION", "fp32"],  # bf16 by default
+               "a checkpoint": ["MODEL.TEACHER_CHECKPOINTS", f"[{ckpt}, '']"]}  # last: used below
     for what, overrides in changed.items():
         other = load_config(path, overrides)
-        assert teacher_cache.cache_folder(other, teacher_cache.cache_spec(other, manifest)) != key, what
-    before = teacher_cache.cache_folder(other, teacher_cache.cache_spec(other, manifest))
+        assert key(other, manifest) != base, what
+    before = key(other, manifest)
     ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # the same file name with other bytes
-    assert teacher_cache.cache_folder(other, teacher_cache.cache_spec(other, manifest)) != before
+    assert key(other, manifest) != before
     same = load_config(path, ["DISTILL.TEMPERATURE", "2.0", "DISTILL.LOGIT_WEIGHT", "0.5", "TRAIN.EPOCHS", "9"])
-    assert teacher_cache.cache_folder(same, teacher_cache.cache_spec(same, manifest)) == key  # losses only
+    assert key(same, manifest) == base  # losses only
+    # Teacher autocast changes the outputs where it applies (a GPU), not on the CPU, where it is a no-op.
+    no_autocast = load_config(path, ["MODEL.TEACHER_AUTOCAST", "False"])
+    assert key(no_autocast, manifest) == base
+    gpu = torch.device("cuda")  # only its type is read: no GPU needed
+    assert key(no_autocast, manifest, gpu) != key(cfg, manifest, gpu) and key(no_autocast, manifest, gpu) == base
+
+
+def test_loader_workers_read_the_targets_with_the_clips(dataset, tmp_path):
+    """The cache goes to the loader's worker processes with the dataset (each maps the shards itself): every
+    training item of an epoch carries the stored targets of its own (video, view) slot, in fp16."""
+    _, cfg = cache_config(tmp_path, dataset, "kd", "DATA.NUM_WORKERS", "2")
+    distiller, data = distiller_and_data(cfg)
+    cache = teacher_cache.prepare(cfg, distiller, data, CPU, 0, 1)
+    loader = build_loader(cfg, True)
+    loader.dataset.teacher_cache = cache
+    loader.set_epoch(0)
+    seen, reference = 0, teacher_cache.TeacherCache(cache.folder)
+    for batch in loader:
+        expected = read_all(reference, batch["sample"].tolist(), batch["view"].tolist())
+        assert batch["teacher"].keys() == expected.keys() == {"logits"}
+        assert batch["teacher"]["logits"].dtype == torch.float16
+        assert torch.equal(batch["teacher"]["logits"].float(), expected["logits"])
+        seen += len(batch["sample"])
+    assert seen == 16 and cache._arrays is None  # read in the workers only, never mapped in this process
 
 
 def test_require_without_a_cache_and_learned_phi_are_refused(dataset, tmp_path):
     _, cfg = cache_config(tmp_path, dataset, "dual_teacher", "DISTILL.CACHE", "require")
     distiller, data = distiller_and_data(cfg)
     with pytest.raises(ConfigError, match="DISTILL.CACHE require: no teacher cache for this config"):
-        teacher_cache.prepare(cfg, distiller, data, torch.device("cpu"), 0, 1)
+        teacher_cache.prepare(cfg, distiller, data, CPU, 0, 1)
     _, learned = cache_config(tmp_path, dataset, "dual_teacher", "DISTILL.SDD_PHI", "learned")
     with pytest.raises(ConfigError, match="DISTILL.CACHE: with DISTILL.SDD_PHI learned"):
         distiller_and_data(learned)
@@ -95,7 +135,7 @@ def test_a_killed_fill_resumes_and_training_reads_the_cache(dataset, tmp_path):
     with open(tmp_path / "fill.log", "w") as f:
         proc = subprocess.Popen(command(args), cwd=REPO, env=clean_env(), stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    folder = teacher_cache.cache_folder(cfg, teacher_cache.cache_spec(cfg, build_dataset(cfg, True).manifest))
+    folder = key(cfg, build_dataset(cfg, True).manifest)
     marks, deadline = os.path.join(folder + ".partial", "filled.shard0.npy"), time.time() + TIMEOUT
     while not (os.path.isfile(marks) and np.load(marks).sum() >= 10):
         assert proc.poll() is None and time.time() < deadline, open(tmp_path / "fill.log").read()[-3000:]
@@ -109,8 +149,10 @@ def test_a_killed_fill_resumes_and_training_reads_the_cache(dataset, tmp_path):
     os.rename(folder, folder + ".resumed")
     ok(launch(args))  # a fresh fill: the same numbers
     fresh = teacher_cache.TeacherCache(folder)
-    for name, shards in fresh.arrays.items():
-        assert np.array_equal(shards[0], filled.arrays[name][0]), name
+    slots = torch.arange(16).repeat_interleave(4).tolist(), torch.arange(4).repeat(16).tolist()
+    fresh, filled = read_all(fresh, *slots), read_all(filled, *slots)
+    for name in fresh:
+        assert torch.equal(fresh[name], filled[name]), name
     trained = ok(launch(["tools/train_net.py", "--config", path, "DISTILL.CACHE_VIEWS", "4",
                          "DISTILL.CACHE", "require", "TRAIN.EPOCHS", "1"]))
     assert f"teacher outputs from the cache {folder}" in trained.stderr
@@ -126,10 +168,10 @@ def test_two_ranks_fill_their_own_shards_with_the_one_process_numbers(dataset, t
     assert a.name == b.name  # the key does not depend on the number of ranks
     two, one = teacher_cache.TeacherCache(str(a)), teacher_cache.TeacherCache(str(b))
     assert (two.world, one.world) == (2, 1)
-    assert sorted(os.listdir(a)) == sorted(["meta.json"] + [f"{n}.shard{r}.npy" for n in list(two.arrays) + ["filled"]
+    assert sorted(os.listdir(a)) == sorted(["meta.json"] + [f"{n}.shard{r}.npy" for n in two.names + ["filled"]
                                                               for r in (0, 1)])
-    samples, views = torch.arange(16).repeat_interleave(2), torch.arange(2).repeat(16)
-    x, y = two.lookup(samples, views, "cpu"), one.lookup(samples, views, "cpu")
+    samples, views = torch.arange(16).repeat_interleave(2).tolist(), torch.arange(2).repeat(16).tolist()
+    x, y = read_all(two, samples, views), read_all(one, samples, views)
     for name in x:  # other batches, other float rounding: within fp16's
         assert torch.allclose(x[name], y[name], rtol=1e-2, atol=1e-2), name
     trained = ok(launch(["tools/train_net.py", "--config", path, "DISTILL.CACHE", "require", "DISTILL.CACHE_DIR",

@@ -1,0 +1,175 @@
+"""The GPU training path, run on the CPU: DeepSpeed bf16 (DeepSpeed's CPU accelerator runs it) for every method,
+on 1 process and on 2 ranks with ZeRO-2, with a checkpoint and an exact resume, the EMA kept in fp32, and the
+teacher-output cache filled (by training and by tools/cache_teachers.py) and read by the loader's workers.
+fp16 goes as far as the CPU allows: DeepSpeed's CPU accelerator has none, so its loss scaling is untested here
+(README); the methods' fp16 forward and backward are.
+
+Every run is tools/train_net.py's (or tools/cache_teachers.py's) main, several per process (tests/train_many.py).
+"""
+import json
+import math
+import os
+
+import pytest
+import torch
+from conftest import launch, load_student, ok, records, write_config
+
+from vidkd.config import load_config
+from vidkd.distill.build import METHODS, build_distiller, teachers_needed
+from vidkd.engine.ema import EMA
+from vidkd.engine.trainer import PRECISIONS, cast_for_training
+from vidkd.models import build_model
+from vidkd.models.checkpoint import read_state_dict
+
+# The student is a plain 3D CNN: X3D's average pool has no bf16 kernel on the CPU (it has on GPUs).
+MODELS = {"STUDENT": "c3d_tiny", "TEACHERS": ["videomae_vit_ti", "c3d_small"]}
+BF16 = {"MODEL": MODELS, "DEEPSPEED": {"PRECISION": "bf16"}, "DISTILL": {"RKD_WEIGHT": 1.0},
+        "TRAIN": {"EMA": True, "EMA_DECAY": 0.9, "EVAL_PERIOD": 1}, "TEST": {"BATCH_SIZE": 8}}
+CACHED = {"DISTILL": {"RKD_WEIGHT": 1.0, "CACHE": "auto", "CACHE_VIEWS": 2}, "DATA": {"NUM_WORKERS": 1}}
+
+
+def without_seconds(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def plan(tmp_path, dataset, extra=None):
+    """Runs of every method in bf16, and of the dual teacher from the cache: each straight through its 2 epochs
+    (`<name>_a`) and stopped after epoch 1, then resumed (`<name>_b`). Returns (runs, names)."""
+    runs, names = [], sorted(METHODS) + ["cached"]
+    for name in names:
+        groups = {k: dict(v) for k, v in BF16.items()}
+        if name == "cached":
+            groups["DISTILL"].update(CACHED["DISTILL"] | {"CACHE_DIR": str(tmp_path / "cache")})
+            groups["DATA"] = CACHED["DATA"]
+        for group, values in (extra or {}).items():
+            groups.setdefault(group, {}).update(values)
+        method = "dual_teacher" if name == "cached" else name
+        config = write_config(tmp_path / f"{name}.yaml", dataset, tmp_path / f"{name}_a", method, **groups)
+        b = ["OUTPUT_DIR", str(tmp_path / f"{name}_b")]
+        runs += [["train_net", "--config", config], ["train_net", "--config", config, *b, "TRAIN.EPOCHS", "1"],
+                 ["train_net", "--config", config, "--resume", "auto", *b]]
+    return runs, names
+
+
+def run_all(tmp_path, runs, ranks):
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(runs))
+    return ok(launch(["tests/train_many.py", str(path)], ranks=ranks, threads=None if ranks > 1 else "1"))
+
+
+def check_runs(tmp_path, names, proc):
+    for name in names:
+        a, b = tmp_path / f"{name}_a", tmp_path / f"{name}_b"
+        history = records(a)
+        assert [r["epoch"] for r in history] == [1, 2] and history[-1]["skipped_steps"] == 0, name
+        assert all(math.isfinite(v) for k, v in history[-1].items() if k.startswith("loss/")), name
+        assert 0 <= history[-1]["test/top1"] <= 100
+        # The checkpoint holds what DeepSpeed trained in bf16: the student and the training-only heads (no
+        # teacher), and the EMA in fp32.
+        module = read_state_dict(str(a / "checkpoints"))  # its latest: epoch_0002
+        assert module and not any(k.startswith("teachers") for k in module), name
+        assert {v.dtype for k, v in module.items() if k.startswith("student.") and "running_" not in k
+                and v.is_floating_point()} == {torch.bfloat16}, name
+        # Exact resume: the resumed run ends with the uninterrupted one's exported student (the fp32 EMA) and
+        # metrics records.
+        got, want = load_student(b)["model"], load_student(a)["model"]
+        assert got.keys() == want.keys() and all(v.dtype in (torch.float32, torch.int64) for v in got.values())
+        assert [k for k in got if not torch.equal(got[k], want[k])] == [], name
+        assert without_seconds(records(b)) == without_seconds(history), name
+        assert math.isclose(history[-1]["student_checksum"], sum(float(v.double().sum()) for v in want.values()),
+                            rel_tol=1e-12)
+    # the cached runs filled the cache once (run a) and read it (runs a and b, in the loader's workers)
+    assert proc.stderr.count("teacher cache: resuming") == 0
+    assert proc.stderr.count("teacher outputs from the cache") >= 3
+    assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_every_method_trains_checkpoints_and_resumes_exactly_in_bf16_on_one_process(dataset, tmp_path):
+    runs, names = plan(tmp_path, dataset)
+    # tools/cache_teachers.py fills the cache training uses (the same key: teachers and projections as
+    # training runs them), and a run that requires the cache finds it there.
+    cached = str(tmp_path / "cached.yaml")
+    runs = [["cache_teachers", "--config", cached]] + runs
+    proc = run_all(tmp_path, runs, ranks=1)
+    check_runs(tmp_path, names, proc)
+    assert "teacher cache: " + str(tmp_path / "cache") in proc.stdout  # filled by cache_teachers, before training
+
+
+def test_every_method_trains_checkpoints_and_resumes_exactly_in_bf16_on_two_ranks_with_zero2(dataset, tmp_path):
+    runs, names = plan(tmp_path, dataset, {"DEEPSPEED": {"ZERO_STAGE": 2}})
+    proc = run_all(tmp_path, runs, ranks=2)
+    check_runs(tmp_path, names, proc)
+    shards = [f for f in os.listdir(next((tmp_path / "cache").iterdir())) if f.startswith("logits") or "shard" in f]
+    assert {f.split(".")[-2] for f in shards} == {"shard0", "shard1"}  # each rank filled its own shard
+
+
+# ----------------------------------------------------------------------------------------------- units
+def config(method, *overrides):
+    return load_config(None, ["DISTILL.METHOD", method, "DATA.NUM_FRAMES", "4", "DATA.TRAIN_CROP_SIZE", "32",
+                              "MODEL.STUDENT", "c3d_tiny", "DISTILL.RKD_WEIGHT", "1.0", *overrides])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(method, precision):
+    """What DeepSpeed trains, cast as it casts it; the teachers outside, in fp32, fed the fp32 clip."""
+    cfg = config(method)
+    torch.manual_seed(0)
+    teachers = [build_model("videomae_vit_ti", 4, 4, 32, depth=2), build_model("c3d_small", 4, 4, 32)]
+    student = build_model("c3d_tiny", 4, 4, 32)
+    distiller = build_distiller(cfg, student, [teachers[i] for i in teachers_needed(cfg)], {"label": 4})
+    cast_for_training(distiller, PRECISIONS[precision]).train()
+    dtype = PRECISIONS[precision]
+    assert {p.dtype for p in distiller.parameters()} == {dtype}
+    assert all(p.dtype == torch.float32 for t in distiller.teachers for p in t.parameters())
+    seen = []
+    for t in distiller.teachers:
+        t.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    g = torch.Generator().manual_seed(1)
+    batch = {"video": torch.randn(4, 3, 4, 32, 32, generator=g), "targets": {"label": torch.tensor([0, 1, 2, 3])}}
+    logits, losses = distiller(batch)
+    assert logits.dtype == dtype
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    grads = [p.grad for p in distiller.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+    assert seen == [torch.float32] * len(distiller.teachers)
+
+
+def test_fp16_on_the_cpu_is_refused_before_anything_runs(dataset, tmp_path):
+    out = tmp_path / "fp16"
+    config_path = write_config(tmp_path / "fp16.yaml", dataset, out, "ce", DEEPSPEED={"PRECISION": "fp16"})
+    proc = launch(["tools/train_net.py", "--config", config_path])
+    assert proc.returncode == 1 and "DEEPSPEED.PRECISION fp16" in proc.stderr and "CPU" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_the_ema_is_fp32_moves_by_steps_bf16_would_round_away_and_has_no_taps():
+    from vidkd.models.taps import FeatureTaps
+
+    torch.manual_seed(0)
+    student = build_model("c3d_tiny", 4, 4, 32)
+    taps = FeatureTaps(student)
+    cast_for_training(student, torch.bfloat16)
+    ema = EMA(student, 0.999)
+    assert {p.dtype for p in ema.module.parameters()} == {torch.float32}
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(p.abs().clamp(min=1e-3) * 0.1)  # a 10 % move: the EMA takes 1e-4 of it
+    ema.update(student)
+    w = dict(student.named_parameters())
+    for name, p in ema.module.named_parameters():
+        expected = before[name] + 0.001 * (w[name].float() - before[name])  # ema + (1 - decay)(w - ema)
+        torch.testing.assert_close(p, expected, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(p, before[name])
+        if p.dim() > 1:  # the same step on a bf16 copy of the (non-zero) weights rounds away almost entirely
+            start = before[name].bfloat16()
+            assert (start.lerp(w[name].detach(), 0.001) == start).float().mean() > 0.9
+    for name, b in ema.module.named_buffers():  # batch-norm statistics: the student's own
+        assert torch.equal(b, dict(student.named_buffers())[name].to(b.dtype))
+    # the copy carries none of the student's hooks: its forward writes nothing into the student's taps
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in ema.module.modules())
+    taps._active = True  # as inside a taps call of the student
+    ema.module(torch.randn(1, 3, 4, 32, 32))
+    assert taps._saved == {}
