@@ -37,7 +37,7 @@ def batch(heads=None, n=6):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_losses_go_down_and_teachers_stay_frozen(method):
-    distiller = make(method).train()
+    distiller = make(method, None, *(["DISTILL.RKD_WEIGHT", "1.0"] if method == "rkd" else [])).train()
     teacher_state = [{k: v.clone() for k, v in t.state_dict().items()} for t in distiller.teachers]
     params = [p for p in distiller.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=3e-3)
@@ -144,3 +144,40 @@ def test_epic_two_heads_losses_per_head():
     assert logits.shape == (6, 8)
     assert set(distiller.split(logits)) == {"verb", "noun"}
     assert distiller.stats["w_vit"].shape == (6,)
+
+
+def test_dkd_warm_up_gives_the_first_epoch_one_warmup_th():
+    """The engine counts epochs from 0; DKD's reference counts from 1: its first epoch has factor 1 / warmup."""
+    distiller = make("dkd", None, "DISTILL.DKD_WARMUP", "20").train()
+    losses = {}
+    for epoch in (0, 19):  # the first epoch, and the last of the warm-up (factor 1)
+        distiller.epoch = epoch
+        torch.manual_seed(0)
+        losses[epoch] = float(distiller(batch())[1]["dkd"])
+    assert losses[19] > 0 and math.isclose(losses[0], losses[19] / 20, rel_tol=1e-5)
+
+
+def test_rkd_method_is_weighted_by_rkd_weight():
+    from vidkd.engine.trainer import check_config
+    from vidkd.errors import ConfigError
+
+    values = {}
+    for weight in ("1.0", "2.5"):
+        distiller = make("rkd", None, "DISTILL.RKD_WEIGHT", weight).train()
+        torch.manual_seed(0)
+        values[weight] = float(distiller(batch())[1]["rkd"])
+    assert values["1.0"] > 0 and math.isclose(values["2.5"], 2.5 * values["1.0"], rel_tol=1e-5)
+    with pytest.raises(ConfigError, match="DISTILL.RKD_WEIGHT is 0.0: the rkd method would train with CE alone"):
+        check_config(config("rkd", "DISTILL.RKD_WEIGHT", "0.0"))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_no_stage_map_outlives_a_step(method):
+    """The taps keep stage maps only during their own call: methods that read none (CE, KD, DKD) leave none
+    alive between steps, and the others leave none either."""
+    distiller = make(method, None, "DISTILL.RKD_WEIGHT", "1.0").train()
+    _, losses = distiller(batch())
+    sum(losses.values()).backward()
+    assert distiller.student_taps._saved == {} and all(t._saved == {} for t in distiller.teacher_taps)
+    distiller.student(batch()["video"])  # a plain forward (evaluation) keeps nothing either
+    assert distiller.student_taps._saved == {}

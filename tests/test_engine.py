@@ -13,7 +13,6 @@ import json
 import math
 import os
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -122,6 +121,10 @@ def test_bad_config_fails_before_anything_runs(dataset, tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "MODEL.STUDENT" in proc.stderr and "x3d_q" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()  # nothing written: it failed before training started
+    proc = launch(["tools/train_net.py", "--config", config, "MODEL.NUM_CLASSES", "5"])  # the manifest has 8
+    assert proc.returncode == 1 and "MODEL.NUM_CLASSES is 5" in proc.stderr and "8 classes" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not out.exists()
     proc = launch(["tools/test_net.py", "--config", config, "--checkpoint", str(tmp_path / "none.pt"),
                    "--model", "x3d_q"])
     assert proc.returncode == 1 and "--model" in proc.stderr and "x3d_q" in proc.stderr, proc.stderr[-3000:]

@@ -112,7 +112,35 @@ def test_attention_matches_hand_computation():
         a = torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / math.sqrt(D // H), dim=-1)
         heads.append(a @ v[..., s])
     ref = F.linear(torch.cat(heads, dim=-1), attn.proj.weight, attn.proj.bias)
+    torch.testing.assert_close(attn(x), ref)  # the fused kernel (scaled_dot_product_attention)
+    assert attn.map is None  # nothing kept
+    attn.keep_map = True  # the explicit path, for a method that taps attention maps
     torch.testing.assert_close(attn(x), ref)
+    expected = torch.stack([torch.softmax(q[..., h * 4:(h + 1) * 4] @ k[..., h * 4:(h + 1) * 4].transpose(1, 2) / 2,
+                                          dim=-1) for h in range(H)], 1)
+    torch.testing.assert_close(attn.map, expected)  # [B, heads, N, N], rows summing to 1
+
+
+def test_fused_attention_gives_the_explicit_logits_and_gradients():
+    """ViT-S (6 heads of 64) on 8x64x64 clips (64 tokens): the fused path's logits within 1e-5 of the explicit
+    matrix's, the same gradients, the same state dict."""
+    torch.manual_seed(0)
+    model = VideoViT(5, 8, 64, embed_dim=384, depth=2, num_heads=6, drop_path=0.0, init_scale=1.0)
+    x = torch.randn(2, 3, 8, 64, 64)
+    fused = model(x)
+    fused.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    for block in model.blocks:
+        block.attn.keep_map = True
+    explicit = model(x)
+    explicit.sum().backward()
+    assert float((fused - explicit).abs().max()) < 1e-5 and float(fused.abs().max()) > 0.1
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5)
+    assert all(block.attn.map.shape == (2, 6, 64, 64) for block in model.blocks)
+    assert "blocks.0.attn.map" not in model.state_dict() and len(model.state_dict()) == len(VideoViT(
+        5, 8, 64, embed_dim=384, depth=2, num_heads=6).state_dict())
 
 
 def test_drop_path_schedule_and_init():
