@@ -173,3 +173,14 @@ def test_the_ema_is_fp32_moves_by_steps_bf16_would_round_away_and_has_no_taps():
     taps._active = True  # as inside a taps call of the student
     ema.module(torch.randn(1, 3, 4, 32, 32))
     assert taps._saved == {}
+
+
+def test_the_ema_of_a_compiled_student_runs_its_own_weights():
+    torch.manual_seed(0)
+    student = build_model("c3d_tiny", 4, 4, 32)
+    student.compile()  # MODEL.COMPILE (lazy: nothing compiles unless the student is called)
+    ema = EMA(student, 0.9)
+    assert ema.module._compiled_call_impl is None
+    torch.nn.init.zeros_(ema.module.head.weight)
+    torch.nn.init.constant_(ema.module.head.bias, 1.0)
+    assert torch.equal(ema.module(torch.randn(2, 3, 4, 32, 32)), torch.ones(2, 4))
