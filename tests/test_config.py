@@ -100,10 +100,11 @@ def test_every_shipped_config_loads():
         load_config(path)
 
 
-def test_every_shipped_config_names_registered_models():
+def test_every_shipped_config_names_registered_models_and_passes_the_trainers_checks():
     import glob
     import os
 
+    from vidkd.engine.trainer import check_config
     from vidkd.models import MODELS
 
     paths = glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "**", "*.yaml"), recursive=True)
@@ -111,3 +112,7 @@ def test_every_shipped_config_names_registered_models():
         cfg = load_config(path)
         unknown = [n for n in (cfg.MODEL.STUDENT, *cfg.MODEL.TEACHERS) if n not in MODELS]
         assert not unknown, f"{path}: {unknown}"
+        # what can be checked before anything runs, but the checkpoint files (not shipped)
+        cfg.defrost()
+        cfg.MODEL.STUDENT_CHECKPOINT, cfg.MODEL.TEACHER_CHECKPOINTS = "", [""] * len(cfg.MODEL.TEACHERS)
+        check_config(cfg)

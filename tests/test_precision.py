@@ -129,6 +129,40 @@ def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(m
     assert seen == [torch.float32] * len(distiller.teachers)
 
 
+def test_the_teachers_targets_do_not_depend_on_the_training_precision():
+    """Teachers outside what DeepSpeed casts, fixed SDD projections as fp32 buffers: the dual teacher's cached
+    targets are the same, bit for bit, whatever DEEPSPEED.PRECISION (so the cache key leaves it out)."""
+    targets = {}
+    for precision in ("fp32", "bf16"):
+        cfg = config("dual_teacher")
+        torch.manual_seed(0)
+        teachers = [build_model("videomae_vit_ti", 4, 4, 32, depth=2), build_model("c3d_small", 4, 4, 32)]
+        distiller = build_distiller(cfg, build_model("c3d_tiny", 4, 4, 32), teachers, {"label": 4})
+        cast_for_training(distiller, PRECISIONS[precision]).train()
+        assert distiller.phi_c.weight.dtype == distiller.phi_v.weight.dtype == torch.float32
+        assert "phi_c.weight" not in distiller.state_dict()  # rebuilt from the seed, not checkpointed
+        with torch.no_grad():
+            targets[precision] = distiller.teacher_targets(torch.randn(2, 3, 4, 32, 32, generator=torch.Generator()
+                                                                       .manual_seed(3)))
+    assert targets["fp32"].keys() == targets["bf16"].keys() == {"z_v", "z_c", "r_c", "r_res", "e_v"}
+    assert all(torch.equal(targets["fp32"][k], targets["bf16"][k]) for k in targets["fp32"])
+
+
+def test_a_student_without_kernels_for_the_precision_is_refused_by_name():
+    from vidkd.engine.trainer import check_student_runs
+    from vidkd.errors import ConfigError
+
+    def student(cfg, name):  # as training builds it: cast, taking its fp32 clip through the distiller's hook
+        distiller = build_distiller(cfg, build_model(name, 4, 4, 32), [], {"label": 4})
+        return cast_for_training(distiller, torch.bfloat16).student
+
+    cfg = config("ce", "MODEL.STUDENT", "x3d_xs", "DEEPSPEED.PRECISION", "bf16")
+    with pytest.raises(ConfigError, match=r"DEEPSPEED.PRECISION bf16: the student x3d_xs cannot run in it on cpu "
+                                          r"\(.*avg_pool3d"):
+        check_student_runs(cfg, student(cfg, "x3d_xs"))
+    check_student_runs(config("ce"), student(config("ce"), "c3d_tiny"))
+
+
 def test_fp16_on_the_cpu_is_refused_before_anything_runs(dataset, tmp_path):
     out = tmp_path / "fp16"
     config_path = write_config(tmp_path / "fp16.yaml", dataset, out, "ce", DEEPSPEED={"PRECISION": "fp16"})

@@ -83,7 +83,6 @@ def test_the_key_changes_with_what_the_outputs_depend_on(dataset, tmp_path):
     torch.save({"model": {"w": torch.zeros(1)}}, ckpt)
     changed = {"a view": ["DATA.TRAIN_CROP_SCALE", "[0.5, 1.0]"], "the views": ["DISTILL.CACHE_VIEWS", "3"],
                "the targets": ["DISTILL.SDD_DIM", "64"], "the teacher": ["MODEL.TEACHERS", "[videomae_vit_s, c3d_small]"],
-               "the training precision": ["DEEPSPEED.PRECISION", "fp32"],  # bf16 by default
                "a checkpoint": ["MODEL.TEACHER_CHECKPOINTS", f"[{ckpt}, '']"]}  # last: used below
     for what, overrides in changed.items():
         other = load_config(path, overrides)
@@ -91,8 +90,9 @@ def test_the_key_changes_with_what_the_outputs_depend_on(dataset, tmp_path):
     before = key(other, manifest)
     ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # the same file name with other bytes
     assert key(other, manifest) != before
-    same = load_config(path, ["DISTILL.TEMPERATURE", "2.0", "DISTILL.LOGIT_WEIGHT", "0.5", "TRAIN.EPOCHS", "9"])
-    assert key(same, manifest) == base  # losses only
+    same = load_config(path, ["DISTILL.TEMPERATURE", "2.0", "DISTILL.LOGIT_WEIGHT", "0.5", "TRAIN.EPOCHS", "9",
+                              "DEEPSPEED.PRECISION", "fp32"])
+    assert key(same, manifest) == base  # losses, and what DeepSpeed trains in (the targets are the same: below)
     # Teacher autocast changes the outputs where it applies (a GPU), not on the CPU, where it is a no-op.
     no_autocast = load_config(path, ["MODEL.TEACHER_AUTOCAST", "False"])
     assert key(no_autocast, manifest) == base
@@ -117,6 +117,15 @@ def test_loader_workers_read_the_targets_with_the_clips(dataset, tmp_path):
         assert torch.equal(batch["teacher"]["logits"].float(), expected["logits"])
         seen += len(batch["sample"])
     assert seen == 16 and cache._arrays is None  # read in the workers only, never mapped in this process
+
+
+def test_a_run_on_the_cache_never_runs_its_teachers(dataset, tmp_path):
+    _, cfg = cache_config(tmp_path, dataset, "kd")
+    distiller, data = distiller_and_data(cfg)
+    distiller.cached = True  # as the engine sets it
+    batch = collate([data.view_item(0, 0), data.view_item(1, 1)])
+    with pytest.raises(RuntimeError, match="carries no teacher outputs"):
+        distiller({"video": batch["video"], "targets": batch["targets"]})
 
 
 def test_require_without_a_cache_and_learned_phi_are_refused(dataset, tmp_path):

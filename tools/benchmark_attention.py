@@ -45,7 +45,7 @@ def step(model, explicit):
         model.zero_grad(set_to_none=True)
         set_explicit(model, False)
         for block in model.blocks:
-            block.attn.map = None  # the kept maps: released, as a method would after reading them
+            block.attn.map = None  # the kept maps released, as a method would after reading them
 
     return train_step
 
@@ -83,8 +83,7 @@ def main(argv=None):
         set_explicit(model, False)
         fused = model(data[0])
     times = measure_steps({"explicit": step(model, True), "sdpa": step(model, False)}, data, device, warmup=1)
-    n = (args.frames // 2) * (args.size // 16) ** 2
-    print(f"\n{args.model}, batch {args.batch} x {args.frames}x{args.size}px ({n} tokens), forward + backward on "
+    print(f"\n{args.model}, batch {args.batch} x {args.frames}x{args.size}px ({model.num_patches} tokens), forward + backward on "
           f"{device}: median of {args.steps} steps, peak memory of a step in a fresh process")
     print(f"{'attention':<10}  {'ms/step':>9}  {'peak MB':>8}")
     for name in times:

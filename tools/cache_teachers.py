@@ -16,7 +16,7 @@ from vidkd.config import load_config
 from vidkd.data.loader import build_dataset
 from vidkd.distill.build import teachers_needed
 from vidkd.engine import distributed, teacher_cache
-from vidkd.engine.trainer import build_training, check_precision
+from vidkd.engine.trainer import build_training, check_config, check_precision
 from vidkd.errors import ConfigError
 
 
@@ -27,6 +27,7 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides + ["DISTILL.CACHE", "auto"])
+    check_config(cfg)  # no cache for a config that training would refuse
     if not teachers_needed(cfg):
         raise ConfigError(f"config key DISTILL.METHOD {cfg.DISTILL.METHOD!r} runs no teacher: nothing to cache")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

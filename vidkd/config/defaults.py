@@ -74,8 +74,9 @@ _C.MODEL.STUDENT = "x3d_xs"
 # The teachers, heterogeneous ViT first, then the homogeneous 3D CNN (e.g. videomae_vit_b, x3d_m).
 _C.MODEL.TEACHERS = ["videomae_vit_b", "x3d_m"]
 # Number of classes. Training takes the classes of the training manifest (all its label sets, side by side); a
-# value here other than 0 must equal their number (checked before training). Tools that read no manifest
-# (predict, profile_net, benchmark_distill) build their models with it (0: 400 there).
+# value here other than 0 must equal their number (checked before training). profile_net and benchmark_distill,
+# which read no manifest, build their models with it (0: 400); predict uses it when neither the checkpoint nor the
+# test manifest gives the classes.
 _C.MODEL.NUM_CLASSES = 0
 # Checkpoint of the student (a file or a DeepSpeed checkpoint folder); "" starts from random weights.
 _C.MODEL.STUDENT_CHECKPOINT = ""

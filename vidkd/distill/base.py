@@ -39,8 +39,9 @@ class Distiller(nn.Module):
         self.heads = dict(heads)  # head name -> classes, in the classifier's order
         self.cfg = cfg.DISTILL
         self.epoch = 0  # set by the engine (DKD's warm-up)
+        self.cached = False  # set by the engine when the teachers' outputs come from the teacher-output cache
         self.stats = {}
-        student.register_forward_pre_hook(input_in_weight_dtype)
+        student.register_forward_pre_hook(input_in_weight_dtype, prepend=True)  # before channels-last: one copy
         self.student_taps = FeatureTaps(student)
         self.teacher_taps = [FeatureTaps(t) for t in self.teachers]
 
@@ -68,8 +69,13 @@ class Distiller(nn.Module):
         return {}
 
     def targets(self, batch):
-        """The teachers' outputs for this batch: from the cache when the batch carries them, else live."""
-        return batch["teacher"] if "teacher" in batch else self.teacher_targets(batch["video"])
+        """The teachers' outputs for this batch: from the cache when the batch carries them, else live (never
+        in a run on the cache: a batch without them there is a defect, not a reason to run the teachers)."""
+        if "teacher" in batch:
+            return batch["teacher"]
+        if self.cached:
+            raise RuntimeError("a batch of a run on the teacher-output cache carries no teacher outputs")
+        return self.teacher_targets(batch["video"])
 
     def ce(self, logits, targets):
         """Cross-entropy with the labels, summed over heads."""

@@ -9,8 +9,8 @@ confidence `neg_entropy` the confidence term is `-H(p_k)` itself (already on a l
 
 SDD (2.2): both teachers' last-stage maps, pooled to the student's last-stage grid, are projected to width d
 by phi_V, phi_C (fixed seeded orthogonal 1x1x1 convs, or phi_V learned to predict phi_C(f_C) from f_V on
-teacher features only; computed in fp32, the teachers' output dtype, whatever the training precision keeps
-their weights in) and layer-normed per position without affine parameters. Targets
+teacher features only; computed in fp32 on the teachers' fp32 maps, whatever the training precision) and
+layer-normed per position without affine parameters. Targets
 `r_C = sg(phi_C f_C)`, `r_res = sg(phi_V f_V - phi_C f_C)`; the student's map feeds `g_main` (1x1x1 conv)
 -> r_C and the Structure Discrepancy Branch `g_aux` -> r_res. Both heads exist only in training.
 """
@@ -52,16 +52,22 @@ def position_norm(x):
     return F.layer_norm(x.movedim(1, -1), x.shape[1:2]).movedim(-1, 1)
 
 
-def project(phi, f):
-    """`phi(f)` in the dtype of `f` (the teachers' fp32 maps), from weights held in the training precision."""
-    return F.conv3d(f, phi.weight.to(f.dtype))
+class Projection(nn.Module):
+    """phi: a 1x1x1 conv without bias, orthogonal weights drawn from `generator`, applied in the dtype of the maps
+    it receives (the teachers' fp32). Fixed: the weight is an fp32 buffer, which neither DeepSpeed nor the
+    training precision casts, so the cached SDD targets do not depend on DEEPSPEED.PRECISION (and, rebuilt from
+    the seed, it is left out of checkpoints). Learned: a parameter, trained like any other."""
 
+    def __init__(self, c_in, dim, generator, learned=False):
+        super().__init__()
+        weight = nn.init.orthogonal_(torch.empty(dim, c_in, 1, 1, 1), generator=generator)
+        if learned:
+            self.weight = nn.Parameter(weight)
+        else:
+            self.register_buffer("weight", weight, persistent=False)
 
-def fixed_projection(c_in, dim, generator):
-    """phi: a 1x1x1 conv with orthogonal weights from `generator`, never trained."""
-    conv = nn.Conv3d(c_in, dim, 1, bias=False)
-    nn.init.orthogonal_(conv.weight, generator=generator)
-    return conv.requires_grad_(False)
+    def forward(self, f):
+        return F.conv3d(f, self.weight.to(f.dtype))  # phi(f)
 
 
 class SqueezeExcite(nn.Module):
@@ -98,10 +104,8 @@ class DualTeacher(Distiller):
             last = [probe(m, *size)["stages"][-1] for m in (student, *self.teachers)]
             (c_s, c_v, c_c), self.grid = (s["channels"] for s in last), last[0]["grid"]
             generator = torch.Generator().manual_seed(cfg.SEED)
-            self.phi_c = fixed_projection(c_c, c.SDD_DIM, generator)
-            self.phi_v = fixed_projection(c_v, c.SDD_DIM, generator)
-            if c.SDD_PHI == "learned":
-                self.phi_v.requires_grad_(True)
+            self.phi_c = Projection(c_c, c.SDD_DIM, generator)
+            self.phi_v = Projection(c_v, c.SDD_DIM, generator, learned=c.SDD_PHI == "learned")
             self.g_main = nn.Conv3d(c_s, c.SDD_DIM, 1)
             self.g_aux = discrepancy_branch(c_s, c.SDD_DIM)
 
@@ -136,13 +140,13 @@ class DualTeacher(Distiller):
         if c.SDD:
             losses.update(self.sdd(t, f_s[-1]))
         if c.RKD_WEIGHT:
-            losses["rkd"] = c.RKD_WEIGHT * rkd_loss(e_s, t["e_v"])
+            losses["rkd"] = c.RKD_WEIGHT * rkd_loss(e_s, t["e_v"])  # gamma * L_RKD(e_s, e_V)
         return z_s, losses
 
     def sdd_targets(self, f_v, f_c, grid):
         """(r_C, r_res, phi_V f_V) on the student's grid; the targets carry no gradient."""
-        p_c = position_norm(project(self.phi_c, match_grid(f_c, grid)))
-        p_v = position_norm(project(self.phi_v, match_grid(f_v, grid)))
+        p_c = position_norm(self.phi_c(match_grid(f_c, grid)))
+        p_v = position_norm(self.phi_v(match_grid(f_v, grid)))
         return p_c.detach(), (p_v - p_c).detach(), p_v
 
     def sdd(self, t, f_s):

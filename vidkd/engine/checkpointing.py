@@ -63,7 +63,8 @@ def save(engine, folder, tag, client_state, rank_state, config_text, keep):
         files = {name: {"bytes": os.path.getsize(os.path.join(partial, name)),
                         "sha256": sha256_of_files([os.path.join(partial, name)])}
                  for name in sorted(os.listdir(partial))}
-        manifest = {"tag": tag, "position": client_state["position"], "config": config_text, "files": files}
+        manifest = {"tag": tag, "position": client_state["position"], "precision": client_state["precision"],
+                    "config": config_text, "files": files}
         _write_atomic(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=1))
         final = os.path.join(folder, tag)
         if os.path.isdir(final):

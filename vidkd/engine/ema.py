@@ -3,8 +3,10 @@
 `ema <- decay * ema + (1 - decay) * w` after every optimiser step, on an fp32 copy whatever the precision the
 student trains in: a bf16 average would round away steps of `(1 - decay) * (w - ema)` below 2^-8 of `ema`, which
 with decay 0.999 is nearly all of them. Batch-norm statistics (and any other buffer) are the student's own, copied.
-The copy keeps none of the student's hooks (its feature taps would write into the student's taps) nor its compiled
-call (MODEL.COMPILE: a copy of it would run the student's own forward, on the student's weights).
+The copy keeps none of the student's hooks (its feature taps would write into the student's taps; its channels-last
+hook is a speed-up only) nor its compiled call (MODEL.COMPILE: a copy of it would run the student's own forward, on
+the student's weights). Under bf16 / fp16 the average is of the student's weights as the forward uses them (bf16),
+not of DeepSpeed's fp32 master copy, which ZeRO partitions over the ranks.
 """
 import copy
 

@@ -9,8 +9,7 @@ come with the batch (pinned with it on a GPU), not from a read inside the traini
 
 The cache lives in `<DISTILL.CACHE_DIR or teacher_cache/ beside the manifest>/<key>/`, where the key hashes
 the training manifest, the teachers' checkpoint files, the view spec, the method's target spec and the precision
-the targets are computed in (whether the teachers run under bf16 autocast on this device, and
-DEEPSPEED.PRECISION, which rounds the dual teacher's SDD projections): any change
+the targets are computed in (whether the teachers run under bf16 autocast on this device): any change
 gives another key, hence a rebuild, never a silent mismatch. It is filled in `<key>.partial/`, where rank r of
 W fills the slots `s = video * V + view` with `s % W == r` into its own shard files at row `s // W` and marks
 each filled row (a killed fill resumes where it stopped), then renamed to `<key>/` with its `meta.json`.
@@ -51,8 +50,8 @@ def cache_spec(cfg, manifest, device):
     """Everything the cached outputs depend on (JSON-able), for teachers run on `device`."""
     m = cfg.MODEL
     return {
-        "precision": {"teacher_autocast": m.TEACHER_AUTOCAST and device.type in AUTOCAST_DEVICES,
-                      "training": cfg.DEEPSPEED.PRECISION},
+        # DEEPSPEED.PRECISION is not in it: the teachers and the fixed SDD projections run outside what it casts.
+        "teacher_autocast": m.TEACHER_AUTOCAST and device.type in AUTOCAST_DEVICES,
         "manifest": [manifest.root] + [[r.path, r.start_frame, r.stop_frame, r.fps, r.frames] for r in manifest.samples],
         "teachers": [[m.TEACHERS[i], _digest(m.TEACHER_CHECKPOINTS[i])] for i in teachers_needed(cfg)],
         "views": {"count": cfg.DISTILL.CACHE_VIEWS, "seed": cfg.SEED, **{k: cfg.DATA[k] for k in VIEW_KEYS}},

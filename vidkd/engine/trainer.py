@@ -24,6 +24,7 @@ from vidkd.models import MODELS, build_from_config
 from vidkd.models.base import split_heads
 from vidkd.models.checkpoint import load_checkpoint, save_model
 from vidkd.models.fast import speed_up
+from vidkd.models.taps import probe
 
 log = logging.getLogger("vidkd.engine")
 CHECKPOINTS = "checkpoints"
@@ -75,6 +76,17 @@ def check_precision(cfg, device):
     if cfg.DEEPSPEED.PRECISION == "fp16" and device.type == "cpu":
         raise ConfigError("config key DEEPSPEED.PRECISION fp16: DeepSpeed's CPU accelerator has no fp16 "
                           "(bf16 and fp32 run on the CPU)")
+
+
+def check_student_runs(cfg, student):
+    """One clip through the student in the training precision on its device, before the run starts: a layer with
+    no kernel for that dtype there (on the CPU, X3D's 3D average pool has none for bf16) fails here, by name."""
+    try:
+        probe(student, cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)
+    except (RuntimeError, NotImplementedError) as e:
+        device = next(student.parameters()).device
+        raise ConfigError(f"config key DEEPSPEED.PRECISION {cfg.DEEPSPEED.PRECISION}: the student "
+                          f"{cfg.MODEL.STUDENT} cannot run in it on {device.type} ({str(e).splitlines()[0]})")
 
 
 def deepspeed_config(cfg):
@@ -140,9 +152,9 @@ def evaluate(model, loader, heads, device, desc="test", show=True):
     views = loader.dataset.n_clips * loader.dataset.n_crops
     evaluator = MultiViewEvaluator(len(loader.dataset.manifest.samples), heads, views)
     loader.set_epoch(0)
-    dtype = next(model.parameters()).dtype
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not show, leave=False):
-        logits = model(batch["video"].to(device, dtype, non_blocking=True)).float()
+        # fp32 clips: the EMA and test_net's models are fp32; a bf16 / fp16 student casts them itself
+        logits = model(batch["video"].to(device, non_blocking=True)).float()
         evaluator.update(batch["index"], batch["view"], batch["valid"], batch["targets"], split_heads(logits, heads))
     evaluator.synchronize()
     return evaluator.compute(), evaluator
@@ -169,6 +181,7 @@ class Trainer:
                               f"has {sum(self.heads.values())} classes ({self.heads}): set it to 0 or to that")
         self.class_names = label_sets
         distiller = build_training(cfg, self.heads, self.device)
+        check_student_runs(cfg, distiller.student)
         s, t = cfg.SOLVER, cfg.TRAIN
         groups = param_groups(distiller, s.WEIGHT_DECAY)
         if s.OPTIMIZER == "sgd":
@@ -184,6 +197,7 @@ class Trainer:
         if self.train_loader.dataset.views:  # the loader's workers read the teachers' outputs with the clips
             self.train_loader.dataset.teacher_cache = teacher_cache.prepare(
                 cfg, self.distiller, self.train_loader.dataset, self.device, self.rank, self.world)
+            self.distiller.cached = True
         self.ema = EMA(self.distiller.student, t.EMA_DECAY) if t.EMA else None
         self.out, self.checkpoints = cfg.OUTPUT_DIR, os.path.join(cfg.OUTPUT_DIR, CHECKPOINTS)
         # Where training stands: epochs completed, batches done in the epoch in progress, and the meters of
@@ -210,10 +224,16 @@ class Trainer:
         manifest = checkpointing.resume_point(self.checkpoints, self.cfg.dump())
         if manifest is None:
             return
+        precision = self.cfg.DEEPSPEED.PRECISION
+        # Checkpoints from before the precision was recorded: the CPU trained fp32 whatever the config said.
+        trained = manifest.get("precision") or (precision if self.device.type == "cuda" else "fp32")
+        if trained != precision:
+            raise ConfigError(f"{self.checkpoints}/{manifest['tag']}: trained in {trained}, resumed with "
+                              f"DEEPSPEED.PRECISION {precision}: resume it with DEEPSPEED.PRECISION {trained}")
         _, state = self.engine.load_checkpoint(self.checkpoints, tag=manifest["tag"], load_module_strict=False)
         self.position, self.history, self.bad_steps = state["position"], state["history"], state["bad_steps"]
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+        if self.ema is not None:  # (older checkpoints hold torch's AveragedModel, with its step count)
+            self.ema.load_state_dict({k: v for k, v in state["ema"].items() if k != "n_averaged"})
         if self.position["batch"]:
             if state["world_size"] != self.world:
                 raise ConfigError(f"{self.checkpoints}/{manifest['tag']}: saved mid-epoch by {state['world_size']} "
@@ -241,7 +261,8 @@ class Trainer:
                                 f"checkpoint in {self.checkpoints} is kept")
         epoch, batch = self.position["epoch"], self.position["batch"]
         tag = f"epoch_{epoch:04d}" + (f"_batch_{batch:06d}" if batch else "")
-        state = {"position": dict(self.position), "history": self.history, "bad_steps": dict(self.bad_steps),
+        state = {"position": dict(self.position), "precision": self.cfg.DEEPSPEED.PRECISION,
+                 "history": self.history, "bad_steps": dict(self.bad_steps),
                  "world_size": self.world, "ema": self.ema.state_dict() if self.ema else None}
         own = {"meters": meters, "buffers": self._rank_buffers()}
         checkpointing.save(self.engine, self.checkpoints, tag, state, own, self.cfg.dump(),
@@ -303,7 +324,7 @@ class Trainer:
                 self.bad_steps["in_a_row"] = 0
                 self.engine.backward(sum(losses.values()))
                 self.engine.step()
-                if self.ema is not None:
+                if self.ema is not None and self.engine.micro_steps % t.GRAD_ACCUM_STEPS == 0:  # an optimiser step
                     self.ema.update(self.distiller.student)
                 n = len(inputs["video"])
                 m["count"] += n

@@ -73,9 +73,10 @@ class Attention(nn.Module):
     """Multi-head self-attention over all N tokens: `[B, N, D]` -> `[B, N, D]`.
 
     By default through `F.scaled_dot_product_attention`, which never holds the `[B, heads, N, N]` matrix (a
-    fused, memory-efficient kernel: at 16 x 224, N = 1568). With `keep_map = True` (set by a method that taps
-    attention maps) the matrix is computed explicitly and kept as `self.map` until the next forward; the output
-    is the same.
+    fused, memory-efficient kernel: at 16 x 224, N = 1568). With `keep_map = True` the matrix is computed
+    explicitly and kept as `self.map` until the next forward, for a method that taps attention maps (none of
+    today's video methods does; tools/benchmark_attention.py measures this path as the "before"); the output is
+    the same.
     """
 
     def __init__(self, dim, num_heads):
@@ -97,6 +98,7 @@ class Attention(nn.Module):
             self.map = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # softmax(q k^T / sqrt(d)), [B, h, N, N]
             x = self.map @ v
         else:
+            self.map = None
             x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q k^T / sqrt(d)) v
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
