@@ -83,8 +83,8 @@ def main(argv=None):
         set_explicit(model, False)
         fused = model(data[0])
     times = measure_steps({"explicit": step(model, True), "sdpa": step(model, False)}, data, device, warmup=1)
-    print(f"\n{args.model}, batch {args.batch} x {args.frames}x{args.size}px ({model.num_patches} tokens), forward + backward on "
-          f"{device}: median of {args.steps} steps, peak memory of a step in a fresh process")
+    print(f"\n{args.model}, batch {args.batch} x {args.frames}x{args.size}px ({model.num_patches} tokens), forward + "
+          f"backward on {device}: median of {args.steps} steps, peak memory of a step in a fresh process")
     print(f"{'attention':<10}  {'ms/step':>9}  {'peak MB':>8}")
     for name in times:
         print(f"{name:<10}  {times[name][0]:>9.0f}  {peaks[name]:>8.0f}")
