@@ -31,6 +31,23 @@ def test_x3d_xs_paper_figures():
 def test_videomae_vit_b():
     result = count_flops(build_model("videomae_vit_b", 400, 16, 224), (1, 3, 16, 224, 224))
     assert result["gflops"] == pytest.approx(180, rel=0.03)
+    assert "aten::scaled_dot_product_attention" not in result["unsupported"]
+
+
+def test_fused_attention_counts_as_the_explicit_one():
+    """sdpa_flop charges the fused kernel what fvcore charges the two written-out matrix products; a hand count
+    for ViT-Ti (3 heads of 64) on 4x32x32 with 16-pixel patches: 2 x 2 x 2 = 8 tokens, per block and head
+    2 * 8 * 8 * 64 multiply-adds."""
+    model = build_model("videomae_vit_ti", 4, 4, 32, depth=2)
+    fused = count_flops(model, (1, 3, 4, 32, 32))["gflops"]
+    for block in model.blocks:
+        block.attn.keep_map = True
+    explicit = count_flops(model, (1, 3, 4, 32, 32))["gflops"]
+    assert fused == explicit
+    model.blocks[0].attn.keep_map = model.blocks[1].attn.keep_map = False
+    model.blocks[0].attn.forward = lambda x: model.blocks[0].attn.proj(x)  # no attention in block 0
+    assert fused - count_flops(model, (1, 3, 4, 32, 32))["gflops"] == pytest.approx(
+        (3 * 2 * 8 * 8 * 64 + 8 * 192 * 3 * 192) / 1e9)  # the attention products and the qkv projection
 
 
 class CumsumNet(nn.Module):
