@@ -249,7 +249,8 @@ class Trainer:
     def _rank_buffers(self):
         """Buffers each rank updates from its own batches (batch-norm statistics) in the trained modules;
         averaged over the ranks only at epoch ends."""
-        return dict(self.distiller.named_buffers())
+        saved = self.distiller.state_dict(keep_vars=True)  # not the buffers a seed rebuilds (fixed SDD projections)
+        return {n: b for n, b in self.distiller.named_buffers() if n in saved}
 
     def _save(self, meters):
         """Checkpoint the current position (`self.position`); `meters`: this rank's partial-epoch meters, saved
