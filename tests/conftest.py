@@ -3,8 +3,11 @@ their own processes (1 process, or N DeepSpeed ranks on the CPU) on a tiny synth
 
 Frame i of a test video is a horizontal gray ramp (0..15) plus a brightness of `5 * i`, so the mean brightness
 of a decoded frame tells which frame it is, and the ramp tells which part of the frame a crop came from.
+With `digits` > 1, for more than 48 frames, the frame is cut into that many horizontal bands, band k showing
+digit k of i in base 48 (most significant first) as its brightness.
 With `noise`, zero-mean pixel noise (seeded by i) makes the coded frames large, as real footage is.
 """
+import functools
 import json
 import os
 import shutil
@@ -32,15 +35,21 @@ CODECS = {  # name -> (codec, container extension, pixel format): HMDB51-era AVI
 }
 
 
-def frame_image(i, height, width, noise=0):
+BASE = 48  # digits 0..47: 5 * 47 + 15 = 250 still fits in a byte
+
+
+def frame_image(i, height, width, noise=0, digits=1):
     ramp = np.linspace(0, 15, width, dtype=np.float32)[None, :, None]
-    image = np.broadcast_to(5 * i + ramp, (height, width, 3))
+    levels = [i] if digits == 1 else [i // BASE ** (digits - 1 - k) % BASE for k in range(digits)]
+    bands = np.repeat(levels, -(-height // digits))[:height, None, None]  # rows of band k show level k
+    image = np.broadcast_to(5 * bands + ramp, (height, width, 3))
     if noise:
         image = image + np.random.default_rng(i).integers(-noise, noise + 1, (height, width, 3))
     return image.clip(0, 255).astype(np.uint8)
 
 
-def write_test_video(path, num_frames=48, height=72, width=128, fps=25, codec="h264", gop=12, noise=0):
+def write_test_video(path, num_frames=48, height=72, width=128, fps=25, codec="h264", gop=12, noise=0, digits=1):
+    """`fps`: a number or a Fraction (e.g. Fraction(30000, 1001) for 29.97)."""
     name, _, pix_fmt = CODECS[codec]
     with av.open(str(path), "w") as container:
         stream = container.add_stream(name, rate=fps)
@@ -50,22 +59,27 @@ def write_test_video(path, num_frames=48, height=72, width=128, fps=25, codec="h
         else:
             stream.bit_rate = 8_000_000
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, height, width, noise), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(frame_image(i, height, width, noise, digits), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
 
 
-def frame_numbers(frames):
-    """The frame index each decoded frame [T, H, W, 3] shows (inverse of frame_image's brightness)."""
-    return [round((float(f.float().mean()) - 7.5) / 5) for f in frames]
+def frame_numbers(frames, digits=1):
+    """The frame index each decoded frame [T, H, W, 3] shows (inverse of frame_image's brightness, band by band
+    for `digits` > 1)."""
+    levels = [[round((float(band.mean()) - 7.5) / 5) for band in f.float().chunk(digits)] for f in frames]
+    return [functools.reduce(lambda n, d: n * BASE + d, ds) for ds in levels]
 
 
 @pytest.fixture
 def video_factory(tmp_path):
     def make(name="v", ext=None, **kw):
+        """`name` may hold folders (created)."""
         ext = ext or CODECS[kw.get("codec", "h264")][1]
-        return str(write_test_video(tmp_path / f"{name}.{ext}", **kw))
+        path = tmp_path / f"{name}.{ext}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return str(write_test_video(path, **kw))
 
     return make
 

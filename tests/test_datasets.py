@@ -1,15 +1,26 @@
 """Parsers of the official HMDB51 / Kinetics / EPIC-KITCHENS-100 layouts, and the data_prep scripts."""
+import csv
 import json
+import math
 import os
+import runpy
 import subprocess
 import sys
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
 
 import pytest
+from conftest import frame_image, frame_numbers
+from PIL import Image
 
 from vidkd.data.datasets.epic_kitchens import action_id, parse_epic100
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
 from vidkd.data.datasets.kinetics import parse_kinetics_csv, parse_path_label_list
-from vidkd.data.manifest import Manifest
+from vidkd.data.manifest import Manifest, VideoRecord
+from vidkd.data.sampling import ClipSpec
+from vidkd.data.transforms import TestTransform
+from vidkd.data.video_dataset import VideoDataset
 from vidkd.errors import AnnotationError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,17 +198,26 @@ def make_epic(tmp_path, rows=None):
 
 def test_epic100_manifest(tmp_path):
     ann = make_epic(tmp_path)
-    m = parse_epic100(ann, tmp_path / "data", "train")
-    assert m.label_sets == {"verb": ["take", "put", "open"], "noun": ["tap", "plate", "cup"]}
+    m, clamped = parse_epic100(ann, tmp_path / "data", "train")
+    assert m.label_sets == {"verb": ["take", "put", "open"], "noun": ["tap", "plate", "cup"]} and clamped == 0
     a, b = m.samples
     assert (a.id, a.path, a.targets, a.start_frame, a.stop_frame, a.fps, a.frames) == (
-        "P01_01_0", "P01/videos/P01_01.MP4", {"verb": 2, "noun": 1}, 0, 99, 50.0, False)
-    assert (b.start_frame, b.stop_frame, b.fps, b.targets) == (49, 119, 59.94005994005994, {"verb": 0, "noun": 2})
+        "P01_01_0", "P01/videos/P01_01.MP4", {"verb": 2, "noun": 1}, 0, 99, 60.0, False)
+    assert (b.start_frame, b.stop_frame, b.fps, b.targets) == (49, 119, 60.0, {"verb": 0, "noun": 2})  # a 59.94 fps video
     assert (m.dataset, m.split, m.root) == ("epic100", "train", str(tmp_path / "data"))
-    frames = parse_epic100(ann, tmp_path / "data", "validation", use_frames=True)
+    frames, _ = parse_epic100(ann, tmp_path / "data", "validation", use_frames=True)
     (c,) = frames.samples
-    assert (c.path, c.frames, c.start_frame, c.stop_frame) == ("P01/rgb_frames/P01_01", True, 489, 500)
+    assert (c.path, c.frames, c.start_frame, c.stop_frame, c.fps) == ("P01/rgb_frames/P01_01", True, 489, 500, 60.0)
     assert action_id(2, 1) == 2001 and action_id(a.targets["verb"], a.targets["noun"]) == 2001
+
+
+def test_epic100_a_stop_past_the_video_end_is_clamped_and_counted(tmp_path):
+    """P01_01 lasts 10 s: 600 frames at 60 fps (its own 50 fps are not the annotations' time base)."""
+    ann = make_epic(tmp_path, [e_row(stop="600"), e_row(stop="601"), e_row(start="600", stop="900"),
+                               e_row(video="P02_03", stop="120")])  # P02_03: 2 s at 59.94 fps, 120 frames at 60
+    m, clamped = parse_epic100(ann, tmp_path, "train")
+    assert [(r.start_frame, r.stop_frame) for r in m.samples] == [(0, 599), (0, 599), (599, 599), (0, 119)]
+    assert clamped == 2
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -206,7 +226,7 @@ def test_epic100_manifest(tmp_path):
     (e_row(noun_class="-1"), "unknown class: noun_class -1"),
     (e_row(start="60", stop="59"), "start_frame <= stop_frame"),
     (e_row(start="0"), "1 <= start_frame"),
-    (e_row(stop="502"), "beyond the end of P01_01"),
+    (e_row(start="601", stop="700"), "start_frame 601 is beyond the end of P01_01 (10.0 s = 600 frames at 60 fps)"),
     (e_row(video="P03_02"), "'P03_02' is not in EPIC_100_video_info.csv"),
 ])
 def test_epic100_bad_rows(tmp_path, bad, match):
@@ -278,3 +298,107 @@ def test_prepare_epic100_cli(tmp_path):
     train, val = Manifest.load(out / "train.json"), Manifest.load(out / "validation.json")
     assert len(train.samples) == 2 and len(val.samples) == 1 and val.samples[0].frames
     assert json.loads((out / "train.json").read_text())["label_sets"]["verb"] == ["take", "put", "open"]
+    os.remove(ann / "EPIC_100_train.csv")  # validation only, as in the real annotations at hand
+    r = run_script("prepare_epic100.py", "--annotations", ann, "--data", tmp_path, "--out", out)
+    assert r.returncode == 2 and "no EPIC_100_train.csv in" in r.stderr and "--splits" in r.stderr
+    r = run_script("prepare_epic100.py", "--annotations", ann, "--data", tmp_path, "--splits", "validation",
+                   "--out", tmp_path / "only")
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(tmp_path / "only") == ["validation.json"] and "clamped" not in r.stdout
+
+
+# EPIC-KITCHENS-100, the real annotations ---------------------------------------------------------------
+
+EPIC_ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared/data/epic-kitchens-100-annotations"
+# The earliest validation segment of a video at each of the four rates, and the video's rate.
+EPIC_RATES = {"P04_24_0": Fraction(60000, 1001), "P09_07_0": Fraction(30000, 1001),
+              "P17_02_0": Fraction(48000, 1001), "P18_09_0": Fraction(90)}
+
+
+def epic_csv(name):
+    """The rows of a real annotation file, read independently of vidkd (skips when the folder is absent)."""
+    if not EPIC_ANNOTATIONS.is_dir():
+        pytest.skip(f"no EPIC-KITCHENS-100 annotations in {EPIC_ANNOTATIONS}")
+    with open(EPIC_ANNOTATIONS / name, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def seconds(timestamp):
+    """'hh:mm:ss.ff' in seconds."""
+    h, m, s = timestamp.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def test_epic100_every_real_validation_segment(tmp_path, capsys):
+    rows = epic_csv("EPIC_100_validation.csv")
+    duration = {v["video_id"]: float(v["duration"]) for v in epic_csv("EPIC_100_video_info.csv")}
+    prepare = runpy.run_path(os.path.join(REPO, "data_prep", "prepare_epic100.py"))["main"]
+    prepare(["--annotations", str(EPIC_ANNOTATIONS), "--data", str(tmp_path), "--splits", "validation",
+             "--out", str(tmp_path / "out")])
+    assert os.listdir(tmp_path / "out") == ["validation.json"]
+    m = Manifest.load(tmp_path / "out" / "validation.json")
+    assert {head: len(names) for head, names in m.label_sets.items()} == {"verb": 97, "noun": 300}
+    assert (len(epic_csv("EPIC_100_verb_classes.csv")), len(epic_csv("EPIC_100_noun_classes.csv"))) == (97, 300)
+    assert len(rows) == len(m.samples) == 9668
+    assert [(r.id, r.path, r.targets, r.start_frame, r.fps) for r in m.samples] == [
+        (row["narration_id"], f"{row['participant_id']}/videos/{row['video_id']}.MP4",
+         {"verb": int(row["verb_class"]), "noun": int(row["noun_class"])}, int(row["start_frame"]) - 1, 60.0)
+        for row in rows]
+    past_end = {row["narration_id"]: math.floor(duration[row["video_id"]] * 60) - 1 for row in rows
+                if int(row["stop_frame"]) > duration[row["video_id"]] * 60}  # -> the video's last 0-based frame
+    assert {r.id: r.stop_frame for r, row in zip(m.samples, rows) if r.stop_frame != int(row["stop_frame"]) - 1} \
+        == past_end and len(past_end) == 1
+    assert "validation: 1 segment ends past its video's end (clamped to the end)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("use_frames", [False, True], ids=["videos", "rgb_frames"])
+def test_epic100_real_segments_decode_at_their_timestamps(tmp_path, video_factory, use_frames):
+    """A real segment of a 59.94, 29.97, 47.95 and 90 fps video, from a real encoded video at that rate or from
+    60 fps JPEG frames, each frame showing its number. EPIC's frame number f names JPEG f, shown from
+    (f - 1) / 60 to f / 60, and its timestamp t lies within one 60 fps frame of that (|f - 60 t| <= 1). A video
+    at its own rate gives the frame on screen at (f - 1/2) / 60, whose display interval overlaps JPEG f's: t lies
+    within one 60 fps frame of when that frame is shown too."""
+    rows = {row["narration_id"]: row for row in epic_csv("EPIC_100_validation.csv")}
+    native = {v["video_id"]: float(v["fps"]) for v in epic_csv("EPIC_100_video_info.csv")}
+    m, _ = parse_epic100(EPIC_ANNOTATIONS, tmp_path, "validation", use_frames)
+    m = replace(m, samples=[r for r in m.samples if r.id in EPIC_RATES])
+    assert [r.id for r in m.samples] == list(EPIC_RATES)
+    rates = {i: 60 if use_frames else rate for i, rate in EPIC_RATES.items()}  # of the frames written
+    for rec in m.samples:
+        row = rows[rec.id]
+        assert float(EPIC_RATES[rec.id]) == pytest.approx(native[row["video_id"]])
+        count = math.ceil((seconds(row["stop_timestamp"]) + 0.5) * rates[rec.id])  # the segment and 0.5 s more
+        if use_frames:
+            os.makedirs(m.abspath(rec))
+            for i in range(count):
+                Image.fromarray(frame_image(i, 32, 32, digits=2)).save(
+                    os.path.join(m.abspath(rec), m.frame_template.format(i + 1)), quality=95)
+        else:
+            video_factory(os.path.splitext(rec.path)[0], "MP4", num_frames=count, height=32, width=32,
+                          fps=rates[rec.id], digits=2)
+    tolerance = 1 / 60
+    ds = VideoDataset(m, ClipSpec(256, mode="segment"), TestTransform(32, 32, [0] * 3, [1] * 3), False)
+    for j, rec in enumerate(m.samples):
+        item, row = ds[j], rows[rec.id]
+        assert item["valid"], item["failures"]
+        shown = frame_numbers((item["video"].permute(1, 2, 3, 0) * 255).round(), digits=2)
+        assert shown == sorted(shown) and set(shown) == set(range(shown[0], shown[-1] + 1))  # every frame, in order
+        rate = float(rates[rec.id])
+        start, stop = seconds(row["start_timestamp"]), seconds(row["stop_timestamp"])
+        assert shown[0] / rate - tolerance <= start <= (shown[0] + 1) / rate + tolerance, (rec.id, shown[0])
+        assert shown[-1] / rate - tolerance <= stop <= (shown[-1] + 1) / rate + tolerance, (rec.id, shown[-1])
+
+
+def test_frame_range_counts_in_the_time_base():
+    """[start, stop] at 60 fps as the frames of a file at its own rate (hand-computed), or of a frame folder."""
+    rec = VideoRecord("a", "a.MP4", {}, start_frame=59, stop_frame=119, fps=60.0)  # 0.983 s to 1.983 s
+    assert rec.frame_range(1000, 30.0) == (29, 60)  # floor(59.5 / 2), floor(119.5 / 2) + 1
+    assert rec.frame_range(1000, 90.0) == (89, 180)  # floor(59.5 * 1.5), floor(119.5 * 1.5) + 1
+    assert rec.frame_range(1000, 60000 / 1001) == (59, 120)  # floor(59.44), floor(119.38) + 1
+    assert rec.frame_range(1000, 60.0) == (59, 120)
+    assert rec.frame_range(50, 30.0) == (29, 50)  # the stop past the frames that decode
+    assert rec.frame_range(1000, 0.0) == (59, 120)  # a container without a rate: its own frames
+    folder = replace(rec, frames=True)
+    assert folder.frame_range(1000, 60.0) == (59, 120) and folder.frame_range(100, 60.0) == (59, 100)
+    whole = VideoRecord("b", "b.avi", {})  # fps 0, stop -1: the whole video
+    assert whole.frame_range(48, 25.0) == (0, 48)

@@ -94,8 +94,9 @@ def test_normalisation_uses_config_mean_and_std(tmp_path):
 
 
 def test_epic_style_segments_and_frame_folders(tmp_path):
-    """Frames sampled inside [start, stop] of a segment, from a video and from its JPEG frame folder."""
-    write_test_video(tmp_path / "P01_01.MP4", num_frames=48)
+    """Frames sampled inside [start, stop] of a segment counted at 50 fps, from its JPEG frame folder (at that
+    rate: indexed directly) and from a 25 fps video (reached through time)."""
+    write_test_video(tmp_path / "P01_01.MP4", num_frames=48, fps=25)
     folder = tmp_path / "rgb_frames" / "P01_01"
     folder.mkdir(parents=True)
     for i in range(48):  # 1-based names, as EPIC-KITCHENS ships them
@@ -104,11 +105,17 @@ def test_epic_style_segments_and_frame_folders(tmp_path):
                VideoRecord("b", "rgb_frames/P01_01", {"verb": 1, "noun": 2}, 20, 29, 50.0, frames=True)]
     manifest = Manifest("epic100", "validation", str(tmp_path), {"verb": ["x", "y"], "noun": list("pqr")}, records)
     ds = VideoDataset(manifest, ClipSpec(4, mode="segment"), TestTransform(72, 64, [0] * 3, [1] * 3), False)
-    for j in range(2):
+    # folder: [20, 30), floor(20 + (k + 0.5) * 2.5); video: [floor(20 / 2), floor(29 / 2) + 1) = [10, 15),
+    # floor(10 + (k + 0.5) * 1.25)
+    for j, expected in [(0, [10, 11, 13, 14]), (1, [21, 23, 26, 28])]:
         item = ds[j]
         frames = (item["video"].permute(1, 2, 3, 0) * 255).round()
-        assert frame_numbers(frames) == [21, 23, 26, 28]  # floor(20 + (k + 0.5) * 2.5)
+        assert frame_numbers(frames) == expected
         assert item["targets"] == {"verb": 1, "noun": 2}
+    # dense, 2 frames apart at 25 fps: a stride of 2 of the video's frames, 4 of the folder's (at 50 fps)
+    ds = VideoDataset(manifest, ClipSpec(3, 2, target_fps=25.0), TestTransform(72, 64, [0] * 3, [1] * 3), False)
+    for j, expected in [(0, [10, 12, 14]), (1, [20, 24, 28])]:  # the window in the middle of [lo, hi)
+        assert frame_numbers((ds[j]["video"].permute(1, 2, 3, 0) * 255).round()) == expected
 
 
 def test_corrupt_and_missing_videos_are_skipped_and_counted(tmp_path, caplog):

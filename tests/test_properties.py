@@ -252,7 +252,7 @@ def test_epic100_annotations(bad, frames):
         if isinstance(result, VidkdError):
             assert_names_a_line_of(result, [ann / n for n in E_HEADERS])
         else:
-            assert_loadable(result, d)
+            assert_loadable(result[0], d)
 
 
 def test_missing_annotation_files_are_named(tmp_path):

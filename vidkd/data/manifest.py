@@ -8,10 +8,16 @@ A manifest is a JSON file for one split of one dataset:
                   "start_frame": 0, "stop_frame": -1, "fps": 0.0, "frames": false}, ...]}
 
 `path` is relative to `root` (or absolute). `start_frame` / `stop_frame` are 0-based and inclusive;
-`stop_frame = -1` means "to the last frame that decodes". `fps` is the annotation's frame rate (0: read it
-from the container). `frames = true` means `path` is a folder of JPEG frames named by `frame_template`.
+`stop_frame = -1` means "to the last frame that decodes". `frames = true` means `path` is a folder of JPEG
+frames named by `frame_template`.
+
+`fps` is the time base: `fps > 0` is the rate at which `start_frame` / `stop_frame` count (EPIC-KITCHENS-100:
+60, whatever the video's own rate). A frame folder's frames are at that rate and are indexed directly; a video
+file's own frames are reached through time (`VideoRecord.frame_range`). `fps = 0`: the frames are the decoded
+file's own.
 """
 import json
+import math
 import os
 import random
 from collections import defaultdict
@@ -33,6 +39,17 @@ class VideoRecord:
     stop_frame: int = -1
     fps: float = 0.0
     frames: bool = False
+
+    def frame_range(self, num_frames, fps):
+        """`[start_frame, stop_frame]` as the half-open range `[lo, hi)` of the frames that decode: `num_frames`
+        of them at `fps` (a file's own rate; 0: unknown). A folder's frames, or frames without a time base, are
+        taken as they are. In a file, frame f of the time base (shown from f / self.fps to (f + 1) / self.fps)
+        becomes the file's frame on screen at the middle of that interval, so both layouts show the same moment."""
+        through_time = self.fps > 0 and fps > 0 and not self.frames
+        scale = fps / self.fps if through_time else 1.0
+        lo = math.floor((self.start_frame + 0.5) * scale)  # n = floor(t * fps), t = (f + 1/2) / self.fps
+        hi = num_frames if self.stop_frame < 0 else min(math.floor((self.stop_frame + 0.5) * scale) + 1, num_frames)
+        return lo, hi
 
 
 @dataclass

@@ -91,15 +91,16 @@ class VideoDataset(Dataset):
         return item
 
     def _decode(self, j, indices_in):
-        """Frames of sample j; `indices_in(lo, hi, fps)` picks indices inside the sample's frame range."""
+        """Frames of sample j; `indices_in(lo, hi, fps)` picks indices inside the sample's frame range, `fps`
+        the rate of the frames it indexes (a file's own rate; a frame folder's is the manifest's)."""
         rec = self.manifest.samples[j]
         path = self.manifest.abspath(rec)
 
         def indices_for(num_frames, fps):
-            hi = num_frames if rec.stop_frame < 0 else min(rec.stop_frame + 1, num_frames)
-            if rec.start_frame >= hi:
-                raise DecodeError(path, f"segment starts at frame {rec.start_frame} but {num_frames} frames decode")
-            return indices_in(rec.start_frame, hi, rec.fps or fps)
+            lo, hi = rec.frame_range(num_frames, fps)
+            if lo >= hi:
+                raise DecodeError(path, f"segment starts at frame {lo} but {num_frames} frames decode")
+            return indices_in(lo, hi, fps)
 
         with time_limit(self.timeout, path):
             if rec.frames:
