@@ -48,8 +48,11 @@ def frame_image(i, height, width, noise=0, digits=1):
     return image.clip(0, 255).astype(np.uint8)
 
 
-def write_test_video(path, num_frames=48, height=72, width=128, fps=25, codec="h264", gop=12, noise=0, digits=1):
-    """`fps`: a number or a Fraction (e.g. Fraction(30000, 1001) for 29.97)."""
+def write_test_video(path, num_frames=48, height=72, width=128, fps=25, codec="h264", gop=12, noise=0, digits=1,
+                     bframes=None, pts_in_decode_order=False):
+    """`fps`: a number or a Fraction (e.g. Fraction(30000, 1001) for 29.97). `bframes`: B-frames between
+    reference frames (None: the encoder's default, 3 for libx264, none for mpeg4). `pts_in_decode_order`: every
+    packet's timestamps set to its place in decode order, as some muxers write files with B-frames."""
     name, _, pix_fmt = CODECS[codec]
     with av.open(str(path), "w") as container:
         stream = container.add_stream(name, rate=fps)
@@ -58,10 +61,16 @@ def write_test_video(path, num_frames=48, height=72, width=128, fps=25, codec="h
             stream.options = {"g": str(gop), "threads": "1", "x264-params": "mbtree=0"}
         else:
             stream.bit_rate = 8_000_000
-        for i in range(num_frames):
+        if bframes is not None:
+            stream.options = {**stream.options, "bf": str(bframes), "g": str(gop)}
+        packets = 0
+        for i in range(num_frames + 1):
             frame = av.VideoFrame.from_ndarray(frame_image(i, height, width, noise, digits), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+            for packet in stream.encode(frame if i < num_frames else None):
+                if pts_in_decode_order:
+                    packet.pts = packet.dts = packets * packet.duration
+                packets += 1
+                container.mux(packet)
     return path
 
 

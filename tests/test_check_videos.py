@@ -31,6 +31,6 @@ def test_each_kind_of_bad_video_is_reported(tmp_path):
     rows = {os.path.basename(line.split("\t")[0]): line.split("\t")[1] for line in report.read_text().splitlines()}
     assert rows == {"cut.avi": "truncated", "empty.mp4": "zero-length", "junk.mp4": "unreadable",
                     "gone.mp4": "missing"}
-    status, detail = check_video(str(tmp_path / "cut.avi"))
-    assert status == "truncated" and "reports 48" in detail
-    assert check_video(str(tmp_path / "good.mp4")) == ("ok", "48 frames")
+    status, detail, verdict = check_video(str(tmp_path / "cut.avi"))
+    assert status == "truncated" and "reports 48" in detail and verdict is None
+    assert check_video(str(tmp_path / "good.mp4")) == ("ok", "48 frames", {"decord": True, "pyav": True})

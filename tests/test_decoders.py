@@ -124,7 +124,7 @@ def test_fallback_to_pyav_when_decord_cannot_open(video_factory):
 
 def test_mpeg_ts_without_seekable_index(video_factory):
     """An MPEG-TS (no index, timestamps not starting at zero) is read frame-exactly, even with decord asked
-    for: decord 0.6.0 returns the wrong frames from it without an error, so PyAV reads it."""
+    for: decord 0.6.0 returns the wrong frames from it without an error, its probe finds it, so PyAV reads it."""
     path = video_factory(codec="h264-ts", num_frames=30)
     assert frame_numbers(DecordReader(path).get_frames([0, 3])) != [0, 3]
     assert frame_numbers(read_clip(path, lambda n, fps: [0, 3, 10, 29], "decord")) == [0, 3, 10, 29]

@@ -45,7 +45,8 @@ def prepare(data_dir, manifest_dir, workers):
         make_dataset(data_dir)
     manifests, missing = parse_hmdb51(os.path.join(data_dir, "videos"), os.path.join(data_dir, "splits"), 1)
     write_manifests(manifest_dir, manifests.values(), missing)
-    bad = [c for m in manifests.values() for c in check_manifest(m, workers) if c[1] != "ok"]
+    bad = [c for split in manifests for c in check_manifest(os.path.join(manifest_dir, f"{split}.json"), workers)
+           if c[1] != "ok"]
     if bad:
         raise DataError("videos of the synthetic set fail the check:\n" + "\n".join(map(str, bad)))
 

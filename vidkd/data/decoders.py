@@ -1,7 +1,11 @@
 """One interface over the video decoders: decord (default), PyAV, and folders of JPEG frames.
 
-A reader gives `num_frames`, `fps` and `get_frames(indices) -> uint8 tensor [T, H, W, 3]`, decoding frames by
-index (seek to the nearest keyframe, decode forward to the last wanted frame), never the whole video.
+A reader gives `num_frames`, `fps` and `get_frames(indices) -> uint8 tensor [T, H, W, 3]`: frame i is the i-th
+frame of a sequential decode of the file. Readers seek to the nearest keyframe and decode forward to the last
+wanted frame, never the whole video, in the files where that gives those frames (`vidkd.data.seeking` decides,
+once per file and backend). Where decord's seeking is inexact, PyAV reads the file instead (decord can get even a
+sequential read wrong: in an H.264 file with timestamps in decode order it starts at frame 26); where PyAV's is,
+PyAV decodes forward from the first frame.
 
 Containers often report more frames than really decode (a truncated file, an AVI whose header disagrees
 with its index, a last frame that one backend drops). Both readers therefore return exactly one frame per
@@ -16,12 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vidkd.data.seeking import BACKENDS, seeks_exactly
 from vidkd.errors import DecodeError, DecodeTimeout
-
-BACKENDS = ("decord", "pyav")
-# Program-stream and transport-stream containers have no frame index: decord 0.6.0 seeks in them to the
-# wrong frames without an error (seen: frame 11 returned for frame 0 of an MPEG-TS). PyAV reads these first.
-NO_INDEX_CONTAINERS = (".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".vob")
 
 
 class DecordReader:
@@ -52,10 +52,11 @@ class DecordReader:
 
 class PyAVReader:
     """PyAV reader. The frame index is built from the demuxed packets (no decoding): frame i is the i-th
-    presentation timestamp, as decord counts them."""
+    presentation timestamp, as decord counts them (where that is not so, `seek=False`)."""
 
-    def __init__(self, path, threads=1):
-        self.path, self._threads = path, threads
+    def __init__(self, path, threads=1, seek=True):
+        self.path, self._threads, self._seek = path, threads, seek
+        self._container, self._frames, self._next = None, None, 0  # _frames: a sequential decode, at frame _next
         self._open()
         pts = [p.pts for p in self._container.demux(self._stream) if p.size > 0]
         self._pts = sorted(pts) if None not in pts else None  # None: the container has no timestamps
@@ -66,6 +67,8 @@ class PyAVReader:
     def _open(self):
         import av
 
+        if self._container is not None:
+            self._container.close()
         self._container = av.open(self.path)
         if not self._container.streams.video:
             raise DecodeError(self.path, "no video stream")
@@ -74,8 +77,8 @@ class PyAVReader:
 
     def get_frames(self, indices):
         indices = [int(i) for i in indices]
-        if self._pts is None:
-            decoded = self._decode_sequential(max(indices))
+        if self._pts is None or not self._seek:
+            decoded = self._decode_sequential(set(indices))
         else:
             decoded = self._decode_seek(sorted(set(indices)))
         return torch.from_numpy(_fill_from_decodable(self.path, indices, decoded.get))
@@ -86,6 +89,7 @@ class PyAVReader:
         targets = {self._pts[i]: i for i in wanted if i < len(self._pts)}
         if not targets:
             return {}
+        self._frames = None  # the container moves: a sequential decode cannot go on
         first, last = min(targets), max(targets)
         self._container.seek(first, stream=self._stream, backward=True, any_frame=False)
         codec, out = self._stream.codec_context, {}
@@ -95,22 +99,26 @@ class PyAVReader:
                 if frame.pts is None:
                     continue
                 if not out and frame.pts > first:  # the seek overshot: start again from the beginning
-                    return self._decode_sequential(max(wanted))
+                    return self._decode_sequential(set(wanted))
                 if frame.pts in targets:
                     out[targets[frame.pts]] = frame.to_ndarray(format="rgb24")
                 if frame.pts >= last:
                     return out
-        return out or self._decode_sequential(max(wanted))  # nothing after the seek: some containers (MPEG-TS)
+        return out or self._decode_sequential(set(wanted))  # nothing after the seek: some containers (MPEG-TS)
 
-    def _decode_sequential(self, last):
-        """Decode from the first frame, counting frames (containers without timestamps or that seek badly)."""
-        self._open()
-        self._stream.codec_context.skip_frame = "DEFAULT"
-        out = {}
-        for i, frame in enumerate(self._container.decode(self._stream)):
-            out[i] = frame.to_ndarray(format="rgb24")
-            if i >= last:
-                break
+    def _decode_sequential(self, wanted):
+        """Frames of `wanted` (a set of indices), decoded forward from the first frame and counted (containers
+        without timestamps, or that seek badly). The decode goes on from where the last call left it unless a
+        wanted frame lies before that, so a video read chunk by chunk (read_chunks) is decoded once."""
+        if self._frames is None or min(wanted) < self._next:
+            self._open()
+            self._stream.codec_context.skip_frame = "DEFAULT"
+            self._frames, self._next = self._container.decode(self._stream), 0
+        out, last = {}, max(wanted)
+        while self._next <= last and (frame := next(self._frames, None)) is not None:
+            if self._next in wanted:
+                out[self._next] = frame.to_ndarray(format="rgb24")
+            self._next += 1
         return out
 
 
@@ -151,18 +159,22 @@ def _fill_from_decodable(path, indices, get):
     return np.stack(out)
 
 
-def _with_fallback(path, backend, threads, use):
-    """`use(reader)` with `backend`; any failure (open or decode) is retried with the other backend."""
+def _with_fallback(path, backend, threads, use, index):
+    """`use(reader)` with `backend`; any failure (open or decode) is retried with the other backend. Where decord's
+    seeking in `path` is inexact (`index`: a manifest's seek index, or None) it is passed over; where PyAV's is,
+    PyAV decodes from the first frame."""
     if not os.path.isfile(path):
         raise DecodeError(path, "file not found")
     if os.path.getsize(path) == 0:
         raise DecodeError(path, "zero-length file")
-    if path.lower().endswith(NO_INDEX_CONTAINERS):
-        backend = "pyav"
     errors = []
     for name in (backend,) + tuple(b for b in BACKENDS if b != backend):
         try:
-            reader = (DecordReader if name == "decord" else PyAVReader)(path, threads)
+            exact = seeks_exactly(path, name, index)
+            if name == "decord" and not exact:
+                errors.append("decord: seeking inexact in this file, not used")
+                continue
+            reader = DecordReader(path, threads) if name == "decord" else PyAVReader(path, threads, exact)
             if reader.num_frames == 0:
                 raise DecodeError(path, "no frames")
             return use(reader)
@@ -173,17 +185,17 @@ def _with_fallback(path, backend, threads, use):
     raise DecodeError(path, "cannot decode (" + "; ".join(errors) + ")")
 
 
-def open_video(path, backend="decord", threads=1):
+def open_video(path, backend="decord", threads=1, index=None):
     """A reader for `path`: `backend` if it opens the file, else the other one."""
-    return _with_fallback(path, backend, threads, lambda reader: reader)
+    return _with_fallback(path, backend, threads, lambda reader: reader, index)
 
 
-def read_clip(path, indices_for, backend="decord", threads=1):
+def read_clip(path, indices_for, backend="decord", threads=1, index=None):
     """Decode one clip: `indices_for(num_frames, fps)` gives the frame indices to read."""
-    return _with_fallback(path, backend, threads, lambda r: r.get_frames(indices_for(r.num_frames, r.fps)))
+    return _with_fallback(path, backend, threads, lambda r: r.get_frames(indices_for(r.num_frames, r.fps)), index)
 
 
-def read_chunks(path, indices_for, each, chunk=64, backend="decord", threads=1):
+def read_chunks(path, indices_for, each, chunk=64, backend="decord", threads=1, index=None):
     """Like read_clip, `chunk` frames at a time: the list of `each(frames)` of every chunk, in order, so that a
     long clip of large frames is never all in memory (tools/predict.py reads whole videos). A chunk wholly past
     the frames that decode gets the last one that does, as read_clip gives."""
@@ -204,4 +216,4 @@ def read_chunks(path, indices_for, each, chunk=64, backend="decord", threads=1):
             last = frames
         return out
 
-    return _with_fallback(path, backend, threads, use)
+    return _with_fallback(path, backend, threads, use, index)

@@ -13,10 +13,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from vidkd.data.manifest import Manifest
-from vidkd.distill.build import teachers_needed
 from vidkd.data.sampling import ClipSpec
+from vidkd.data.seeking import load_index
 from vidkd.data.transforms import TestTransform, TrainTransform
 from vidkd.data.video_dataset import VideoDataset, collate
+from vidkd.distill.build import teachers_needed
 from vidkd.errors import DataError
 
 log = logging.getLogger("vidkd.data")
@@ -147,7 +148,8 @@ def clip_spec(cfg):
 def build_dataset(cfg, train):
     d = cfg.DATA
     split = d.TRAIN_SPLIT if train else d.TEST_SPLIT
-    manifest = Manifest.load(os.path.join(d.MANIFEST_DIR, f"{split}.json"))
+    manifest_path = os.path.join(d.MANIFEST_DIR, f"{split}.json")
+    manifest = Manifest.load(manifest_path)
     if train:
         manifest = manifest.per_class(d.TRAIN_PER_CLASS, cfg.SEED)
         transform = TrainTransform(d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SCALE, d.TRAIN_CROP_RATIO, d.FLIP, d.MEAN, d.STD)
@@ -155,7 +157,7 @@ def build_dataset(cfg, train):
         transform = TestTransform(d.TEST_SHORT_SIDE, d.TEST_CROP_SIZE, d.MEAN, d.STD)
     return VideoDataset(manifest, clip_spec(cfg), transform, train, cfg.TEST.NUM_CLIPS, cfg.TEST.NUM_CROPS,
                         d.DECODER, d.DECODE_THREADS, cfg.SEED, d.MAX_RETRIES, d.DECODE_TIMEOUT,
-                        cache_views(cfg) if train else 0)
+                        cache_views(cfg) if train else 0, load_index(manifest_path))
 
 
 def cache_views(cfg):

@@ -24,11 +24,12 @@ from vidkd.errors import DataError, DecodeError, DecodeTimeout
 
 class VideoDataset(Dataset):
     def __init__(self, manifest, spec, transform, train, n_clips=1, n_crops=1, decoder="decord",
-                 threads=1, seed=0, max_retries=10, timeout=0.0, views=0):
+                 threads=1, seed=0, max_retries=10, timeout=0.0, views=0, seek_index=None):
         self.manifest, self.spec, self.transform, self.train, self.views = manifest, spec, transform, train, views
         self.n_clips, self.n_crops = (1, 1) if train else (n_clips, n_crops)
         self.decoder, self.threads, self.seed = decoder, threads, seed
         self.max_retries, self.timeout = max_retries, timeout
+        self.seek_index = seek_index  # the manifest's seek index (vidkd.data.seeking), or None: probe on first use
         # Set by the engine when the teachers' outputs come from the teacher-output cache: an object whose
         # `read(sample, view)` gives them as a dict of tensors, added to each training item as "teacher".
         self.teacher_cache = None
@@ -106,7 +107,7 @@ class VideoDataset(Dataset):
             if rec.frames:
                 reader = FrameFolderReader(path, self.manifest.frame_template)
                 return reader.get_frames(indices_for(reader.num_frames, rec.fps))
-            return read_clip(path, indices_for, self.decoder, self.threads)
+            return read_clip(path, indices_for, self.decoder, self.threads, self.seek_index)
 
 
 @contextmanager
