@@ -90,6 +90,12 @@ def test_hmdb51_bad_rows(tmp_path, text, line, match):
     raises_at("wave_test_split1.txt", line, parse_hmdb51, videos, splits, 1, match=match)
 
 
+def test_hmdb51_one_file_name_in_two_classes_is_refused(tmp_path):
+    videos, splits = make_hmdb(tmp_path)
+    write(splits / "wave_test_split1.txt", "w1.avi 1\nb2.avi 2\n")  # brush_hair_test_split1.txt has b2.avi 2 first
+    raises_at("wave_test_split1.txt", 2, parse_hmdb51, videos, splits, 1, match="sample id 'b2' again (first at ")
+
+
 def test_hmdb51_unknown_class(tmp_path):
     videos, splits = make_hmdb(tmp_path)
     write(splits / "jump_test_split1.txt", "\nj1.avi 1\n")
@@ -141,6 +147,7 @@ def test_kinetics_csv_given_classes_and_split_from_stem(tmp_path):
     ([K_HEADER, K_ROWS[0], K_ROWS[1], "zumba,zz3,0,ten,train,0\n"], 4, "time_end must be an integer"),
     ([K_HEADER, "\n", "dancing,zz3,0,10,train,0\n"], 3, "unknown class 'dancing'"),
     ([K_HEADER, "zumba,zz3,-10,0,train,0\n"], 2, "need 0 <= time_start < time_end"),
+    ([K_HEADER, K_ROWS[0], "zumba,zz1,0,10,val,0\n"], 3, "sample id 'zz1_000000_000010' again (first at "),
 ])
 def test_kinetics_csv_errors(tmp_path, lines, line, match):
     csv_path = write(tmp_path / "k.csv", "".join(lines))
@@ -159,6 +166,9 @@ def test_kinetics_path_label_list(tmp_path):
     raises_at("bad.txt", 2, parse_path_label_list, tmp_path / "bad.txt", tmp_path, classes, match="unknown class '3'")
     write(tmp_path / "bad.txt", "a.mp4 0\n\nb.mp4\n")
     raises_at("bad.txt", 3, parse_path_label_list, tmp_path / "bad.txt", tmp_path, classes, match="<path> <label>")
+    write(tmp_path / "bad.txt", "a/x.mp4 0\nb/x.mp4 1\n")
+    raises_at("bad.txt", 2, parse_path_label_list, tmp_path / "bad.txt", tmp_path, classes,
+              match="sample id 'x' again (first at ")
 
 
 def test_a_byte_that_is_not_utf8_is_reported_at_its_line(tmp_path):
@@ -213,8 +223,9 @@ def test_epic100_manifest(tmp_path):
 
 def test_epic100_a_stop_past_the_video_end_is_clamped_and_counted(tmp_path):
     """P01_01 lasts 10 s: 600 frames at 60 fps (its own 50 fps are not the annotations' time base)."""
-    ann = make_epic(tmp_path, [e_row(stop="600"), e_row(stop="601"), e_row(start="600", stop="900"),
-                               e_row(video="P02_03", stop="120")])  # P02_03: 2 s at 59.94 fps, 120 frames at 60
+    ann = make_epic(tmp_path, [e_row("P01_01_0", stop="600"), e_row("P01_01_1", stop="601"),
+                               e_row("P01_01_2", start="600", stop="900"),
+                               e_row("P02_03_0", "P02_03", stop="120")])  # P02_03: 2 s at 59.94 fps, 120 frames at 60
     m, clamped = parse_epic100(ann, tmp_path, "train")
     assert [(r.start_frame, r.stop_frame) for r in m.samples] == [(0, 599), (0, 599), (599, 599), (0, 119)]
     assert clamped == 2
@@ -228,9 +239,10 @@ def test_epic100_a_stop_past_the_video_end_is_clamped_and_counted(tmp_path):
     (e_row(start="0"), "1 <= start_frame"),
     (e_row(start="601", stop="700"), "start_frame 601 is beyond the end of P01_01 (10.0 s = 600 frames at 60 fps)"),
     (e_row(video="P03_02"), "'P03_02' is not in EPIC_100_video_info.csv"),
+    (e_row("P01_01_1"), "sample id 'P01_01_1' again (first at "),
 ])
 def test_epic100_bad_rows(tmp_path, bad, match):
-    ann = make_epic(tmp_path, [e_row(), e_row(), bad])
+    ann = make_epic(tmp_path, [e_row("P01_01_1"), e_row("P01_01_2"), bad])
     raises_at("EPIC_100_train.csv", 4, parse_epic100, ann, tmp_path, "train", match=match)
 
 

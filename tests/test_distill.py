@@ -13,8 +13,10 @@ FRAMES, CROP = 4, 32
 
 
 def config(method, *overrides):
+    """rkd with DISTILL.RKD_WEIGHT 1.0 unless `overrides` set it (the config refuses rkd with its default 0)."""
+    rkd = ["DISTILL.RKD_WEIGHT", "1.0"] if method == "rkd" else []
     return load_config(None, ["DISTILL.METHOD", method, "DATA.NUM_FRAMES", str(FRAMES),
-                              "DATA.TRAIN_CROP_SIZE", str(CROP), "MODEL.STUDENT", "x3d_xs", *overrides])
+                              "DATA.TRAIN_CROP_SIZE", str(CROP), "MODEL.STUDENT", "x3d_xs", *rkd, *overrides])
 
 
 def make(method, heads=None, *overrides):
@@ -158,7 +160,6 @@ def test_dkd_warm_up_gives_the_first_epoch_one_warmup_th():
 
 
 def test_rkd_method_is_weighted_by_rkd_weight():
-    from vidkd.engine.trainer import check_config
     from vidkd.errors import ConfigError
 
     values = {}
@@ -167,8 +168,9 @@ def test_rkd_method_is_weighted_by_rkd_weight():
         torch.manual_seed(0)
         values[weight] = float(distiller(batch())[1]["rkd"])
     assert values["1.0"] > 0 and math.isclose(values["2.5"], 2.5 * values["1.0"], rel_tol=1e-5)
-    with pytest.raises(ConfigError, match="DISTILL.RKD_WEIGHT is 0.0: the rkd method would train with CE alone"):
-        check_config(config("rkd", "DISTILL.RKD_WEIGHT", "0.0"))
+    with pytest.raises(ConfigError, match=r"^command line: config key 'DISTILL\.RKD_WEIGHT': the rkd method needs "
+                                          r"DISTILL\.RKD_WEIGHT above 0"):
+        config("rkd", "DISTILL.RKD_WEIGHT", "0.0")
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -7,9 +7,12 @@ student weights (EMA included) and the same metrics records (all but the wall-cl
 """
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ import torch
 from conftest import REPO, TIMEOUT, clean_env, command, launch, load_student, ok, records, write_config
 
 from vidkd.engine import checkpointing
+from vidkd.errors import CheckpointError
+from vidkd.hashing import sha256_of_files
 from vidkd.models.checkpoint import read_state_dict
 
 # Dual teacher (DATW meters, SDD branch) with EMA; 16 training videos in batches of 2: 8 batches an epoch on one
@@ -245,3 +250,114 @@ def test_a_hung_or_dead_loader_worker_loses_one_batch_and_the_run_goes_on(datase
     history = records(out)
     assert sorted(r["failed_videos"] for r in history) == [0, 2]  # the lost batch's two videos, in one epoch
     assert load_student(out)["model"]  # the run finished and exported its student
+
+
+class RunsCode:
+    """A pickle that runs a shell command when unpickled fully."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def rewrite_manifest(checkpoint, files):
+    """The attacker's move: the manifest made to match the folder (or to list `files` only)."""
+    manifest = json.loads((checkpoint / checkpointing.MANIFEST).read_text())
+    manifest["files"] = {name: {"bytes": (checkpoint / name).stat().st_size,
+                                "sha256": sha256_of_files([str(checkpoint / name)])} for name in files}
+    (checkpoint / checkpointing.MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("tamper", ["manifest rewritten", "manifest emptied", "file added"])
+def test_a_tampered_run_folder_runs_no_code_on_resume(dataset, reference, tmp_path, tamper):
+    """A run folder from elsewhere: the newest checkpoint's model file replaced by a pickle that runs code."""
+    path, out = reference
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.copy(path, tmp_path / "run.yaml")
+    config_text = (tmp_path / "run.yaml").read_text().replace(str(out), str(copy))
+    (tmp_path / "run.yaml").write_text(config_text)
+    newest, marker = copy / "checkpoints" / "epoch_0002", tmp_path / "PWNED"
+    if tamper == "file added":
+        torch.save({"x": RunsCode(marker)}, newest / "extra.pt")
+    else:
+        torch.save({"module": RunsCode(marker)}, newest / "mp_rank_00_model_states.pt")
+        listed = [n for n in os.listdir(newest) if n != checkpointing.MANIFEST]
+        rewrite_manifest(newest, listed if tamper == "manifest rewritten" else [])
+    run = launch(["tools/train_net.py", "--config", str(tmp_path / "run.yaml")])
+    assert not marker.exists(), "code from the checkpoint ran"
+    if tamper == "manifest rewritten":  # intact by its manifest: refused when read, naming the file
+        assert run.returncode == 1
+        assert f"{newest / 'mp_rank_00_model_states.pt'}: refused, it holds more than weights" in run.stderr
+        assert re.search(r"GLOBAL (posix|os)\.system", run.stderr) and "weights_only` set to `False`" not in run.stderr
+    else:  # damage: set aside, the previous checkpoint used
+        ok(run)
+        reason = "its manifest lists no files" if tamper == "manifest emptied" else \
+            "it holds files its manifest does not list: extra.pt"
+        assert f"checkpoint {newest} is damaged ({reason})" in run.stderr
+        assert "resumed from epoch 1, batch 6" in run.stderr
+
+
+def test_deepspeeds_files_are_read_weights_only(tmp_path):
+    marker = tmp_path / "PWNED"
+    torch.save({"optimizer_state_dict": RunsCode(marker)}, tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    with pytest.raises(CheckpointError, match=r"optim_states.pt: refused.*GLOBAL (posix|os)\.system"):
+        checkpointing.WeightsOnlyCheckpointEngine().load(str(tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
+    assert not marker.exists()
+    state = {"module": {"w": torch.ones(2)}, "ds_version": "0.19.8", "shapes": torch.Size([2])}
+    torch.save(state, tmp_path / "ok.pt")
+    assert torch.equal(checkpointing.WeightsOnlyCheckpointEngine().load(str(tmp_path / "ok.pt"))["module"]["w"],
+                       torch.ones(2))
+
+
+@pytest.fixture
+def tmpfs():
+    """Mount a size-limited tmpfs at a path (a disk that fills up, or is made read-only); unmounted after."""
+    mounted = []
+
+    def mount(path, size, read_only=False):
+        path.mkdir(parents=True, exist_ok=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        mount_tmpfs = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]
+        if subprocess.run(mount_tmpfs, capture_output=True, check=False).returncode:
+            pytest.skip("this machine cannot mount a tmpfs (not root): no full or read-only disk to test on")
+        mounted.append(path)
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_full_disk_while_saving_says_what_is_kept(dataset, tmp_path, tmpfs):
+    """Room for one checkpoint: the second cannot be written; the run says so and keeps the first."""
+    path, out = config(tmp_path, dataset, "sized", method="ce", TRAIN={"EMA": False, "CHECKPOINT_STEPS": 0})
+    ok(launch(["tools/train_net.py", "--config", path, "TRAIN.EPOCHS", "1"]))
+    size = sum(f.stat().st_size for f in (out / "checkpoints" / "epoch_0001").iterdir())
+    full = tmp_path / "full"
+    tmpfs(full, int(size * 1.6) + 512 * 1024)
+    path, out = config(full, dataset, "run", method="ce", TRAIN={"EMA": False, "CHECKPOINT_STEPS": 0})
+    run = launch(["tools/train_net.py", "--config", path])
+    assert run.returncode == 1
+    assert f"{out / 'checkpoints'}: cannot write checkpoint epoch_0002 (" in run.stderr
+    assert f"kept: {out / 'checkpoints' / 'epoch_0001'}" in run.stderr and "Traceback" not in run.stderr
+    assert sorted(os.listdir(out / "checkpoints")) == ["epoch_0001", "latest"]  # the half-written one removed
+
+
+def test_a_read_only_checkpoint_folder_falls_back_and_says_it_cannot_save(dataset, reference, tmp_path, tmpfs):
+    path, out = reference
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    (tmp_path / "run.yaml").write_text(Path(path).read_text().replace(str(out), str(copy)))
+    tmpfs(copy / "checkpoints", "64m")
+    shutil.copytree(out / "checkpoints", copy / "checkpoints", dirs_exist_ok=True)
+    model = copy / "checkpoints" / "epoch_0002" / "mp_rank_00_model_states.pt"
+    model.write_bytes(model.read_bytes()[:1000])
+    subprocess.run(["mount", "-o", "remount,ro", str(copy / "checkpoints")], check=True)
+    run = launch(["tools/train_net.py", "--config", str(tmp_path / "run.yaml")])
+    assert "cannot set damaged checkpoints aside in" in run.stderr and "Read-only file system" in run.stderr
+    assert "resumed from epoch 1, batch 6 (checkpoint epoch_0001_batch_000006)" in run.stderr
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "cannot write checkpoint" in run.stderr
+    assert f"kept: {copy / 'checkpoints' / 'epoch_0001_batch_000006'}" in run.stderr

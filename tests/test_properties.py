@@ -4,6 +4,7 @@ the manifest reader and the checkpoint loader gives a valid result or one VidkdE
 import contextlib
 import io
 import json
+import math
 import os
 import pathlib
 import re
@@ -18,7 +19,8 @@ from hypothesis import strategies as st
 from test_datasets import E_HEADER, K_HEADER, make_epic, make_hmdb
 
 from vidkd.config import BASE_KEY, load_config
-from vidkd.config.defaults import get_defaults
+from vidkd.config.defaults import RELATIONS, RULES, get_defaults
+from vidkd.config.rules import List, OneOf, OutputDir, Range, Text
 from vidkd.data.datasets.epic_kitchens import parse_epic100
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
 from vidkd.data.datasets.kinetics import parse_kinetics_csv, parse_path_label_list
@@ -77,10 +79,15 @@ def assert_names_a_line_of(error, files):
 
 
 def assert_loadable(manifest, d):
-    """What a parser returns, the training loader reads back unchanged."""
+    """What a parser returns, the training loader reads back unchanged; an empty split (no error of the annotation
+    files: every listed video may be missing) it refuses by name."""
     path = str(d / "out" / "m.json")
     manifest.save(path)
-    assert Manifest.load(path) == manifest
+    if manifest.samples:
+        assert Manifest.load(path) == manifest
+    else:
+        error = outcome(Manifest.load, path)
+        assert isinstance(error, AnnotationError) and str(error) == f"{path}: no samples: the split is empty"
 
 
 # config ------------------------------------------------------------------------------------------------
@@ -159,6 +166,92 @@ def test_config_overrides_refused_with_the_key(keys, values):
     if isinstance(result, VidkdError):
         assert isinstance(result, ConfigError) and str(result).startswith("command line: "), str(result)
         assert len(overrides) % 2 or any(repr(k) in str(result) for k in overrides[0::2]), str(result)
+
+
+def test_every_key_has_a_rule():
+    """A key added to defaults.py without its rule in defaults.RULES fails here."""
+    assert sorted(RULES) == LEAVES
+    assert {k for relation in RELATIONS for k in relation.keys} <= set(LEAVES)
+
+
+def rule_values(rule, default):
+    """Values inside, at and past the bounds of the rule `rule` of a key whose default is `default`."""
+    if isinstance(rule, Range):
+        edges = [rule.low, rule.low - 1, -1, 0, 1, 2**76] + ([] if rule.high is None else [rule.high, rule.high + 1])
+        if isinstance(default, float):
+            return st.sampled_from([float(e) for e in edges] + [1e-9, math.nan, math.inf]) | st.floats()
+        return st.sampled_from(edges) | st.integers(rule.low - 3, (rule.high or 100) + 3)
+    if isinstance(rule, OneOf):
+        return st.sampled_from([*rule.choices, "other", -1])
+    if isinstance(rule, List):
+        return st.lists(rule_values(rule.each, default[0]), max_size=4)
+    if isinstance(rule, (Text, OutputDir)):
+        return st.sampled_from(["", " ", "a\0b", "out/run", __file__, f"{__file__}/run"]) | st.text(max_size=6)
+    return st.booleans()
+
+
+def _value(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+@st.composite
+def rule_draws(draw):
+    """{dotted key: value} for one to four keys, each value drawn across its rule's range."""
+    keys = draw(st.lists(st.sampled_from(sorted(RULES)), min_size=1, max_size=4, unique=True))
+    return {k: draw(rule_values(RULES[k], _value(get_defaults(), k))) for k in keys}
+
+
+# The values the study of issue 15 found unchecked, by an oracle of their own (not the rule table).
+ABSURD = {
+    "TRAIN.BATCH_SIZE": lambda v: not v >= 1, "TEST.BATCH_SIZE": lambda v: not v >= 1,
+    "DATA.NUM_FRAMES": lambda v: not 1 <= v <= 512, "DATA.TRAIN_CROP_SIZE": lambda v: not 1 <= v <= 1024,
+    "DATA.TEST_CROP_SIZE": lambda v: not 1 <= v <= 1024, "TRAIN.GRAD_ACCUM_STEPS": lambda v: not v >= 1,
+    "TRAIN.EVAL_PERIOD": lambda v: not v >= 1, "TRAIN.CHECKPOINT_PERIOD": lambda v: not v >= 1,
+    "DATA.TRAIN_CROP_SCALE": lambda v: len(v) != 2 or not 0 < v[0] <= v[1] <= 1,
+    "DATA.MEAN": lambda v: len(v) != 3, "DATA.STD": lambda v: len(v) != 3 or not min(v) > 0,
+    "DATA.NUM_WORKERS": lambda v: not v >= 0, "DATA.PREFETCH_FACTOR": lambda v: not v >= 1,
+    "SEED": lambda v: not 0 <= v < 2**32, "DISTILL.SDD_DIM": lambda v: not v >= 1,
+    "DISTILL.CACHE_VIEWS": lambda v: not 1 <= v <= 1024, "TRAIN.EPOCHS": lambda v: not v >= 1,
+    "DATA.SAMPLING_RATE": lambda v: not v >= 1, "DISTILL.TEMPERATURE": lambda v: not v > 0,
+    "TEST.NUM_CLIPS": lambda v: not v >= 1, "MODEL.NUM_CLASSES": lambda v: not v >= 0,
+    "DATA.MAX_FAIL_FRACTION": lambda v: not 0 <= v <= 1, "OUTPUT_DIR": lambda v: v.startswith(__file__),
+}
+
+
+def yaml_lines(text):
+    """{dotted key: line} of a yaml mapping of keys and groups of keys."""
+    lines = {}
+    for key, value in yaml.compose(text).value:
+        if isinstance(value, yaml.MappingNode):
+            lines.update({f"{key.value}.{k.value}": k.start_mark.line + 1 for k, _ in value.value})
+        else:
+            lines[key.value] = key.start_mark.line + 1
+    return lines
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rule_draws())
+@example({"TRAIN.BATCH_SIZE": 64, "DATA.NUM_FRAMES": 256, "DATA.TRAIN_CROP_SIZE": 1024})
+@example({"SOLVER.MIN_LR": 0.5, "SOLVER.BASE_LR": 0.1, "DATA.STD": [0.2, 0.2, 0.0]})
+def test_values_across_the_rules_pass_or_are_refused_naming_the_key_and_its_line(values):
+    """Each drawn config either loads, keeping none of the values the study found unchecked, or is refused by
+    ConfigError at `file:line: config key 'KEY'`, KEY one of the drawn keys and line the one that set it."""
+    data = {}
+    for dotted, value in values.items():
+        *group, key = dotted.split(".")
+        (data.setdefault(group[0], {}) if group else data)[key] = value
+    text = yaml.safe_dump(data)
+    with folder() as d:
+        path = write_bytes(d / "c.yaml", text.encode())
+        result = outcome(load_config, path, [])
+    if isinstance(result, VidkdError):
+        found = re.match(rf"{re.escape(path)}:(\d+): config key '([A-Z_.]+)'", str(result))
+        assert isinstance(result, ConfigError) and found and found[2] in values, str(result)
+        assert yaml_lines(text)[found[2]] == int(found[1]), str(result)
+    else:
+        assert not [k for k in values if k in ABSURD and ABSURD[k](_value(result, k))], values
 
 
 # annotation files --------------------------------------------------------------------------------------
@@ -276,11 +369,12 @@ def mostly(valid):
     return st.one_of(valid, valid, valid, JSON)
 
 
+FRAME = st.integers(-2, 6) | st.integers()
 SAMPLE = st.fixed_dictionaries(
-    {"id": mostly(st.text(max_size=4)), "path": mostly(st.text(max_size=4)),
+    {"id": mostly(st.sampled_from(["a", "b", "c"]) | st.text(max_size=4)), "path": mostly(st.text(max_size=4)),
      "targets": mostly(st.dictionaries(HEADS, st.integers(-1, 3) | JSON, max_size=2))},
-    optional={"start_frame": mostly(st.integers()), "stop_frame": mostly(st.integers()),
-              "fps": mostly(st.floats(0, 60)), "frames": mostly(st.booleans()), "width": JSON})
+    optional={"start_frame": mostly(FRAME), "stop_frame": mostly(FRAME),
+              "fps": mostly(st.floats(0, 60) | st.floats()), "frames": mostly(st.booleans()), "width": JSON})
 MANIFEST = st.fixed_dictionaries(
     {"dataset": mostly(st.text(max_size=4)), "split": mostly(st.text(max_size=4)), "root": mostly(st.just("/r")),
      "label_sets": mostly(st.dictionaries(HEADS, st.lists(st.text(max_size=3), max_size=3), max_size=2)),
@@ -302,8 +396,14 @@ def test_manifest_reader(content):
         result = outcome(Manifest.load, path)
     if isinstance(result, VidkdError):
         assert isinstance(result, AnnotationError) and str(result).startswith(f"{path}:"), str(result)
+        if re.search(r"need 0 <= start_frame|must be a finite rate|ids must be unique", str(result)):  # names it
+            assert re.match(rf"{re.escape(path)}: sample \d+", str(result)), str(result)
     else:  # what the loader then does with it works
-        assert all(type(y) is int for r in result.samples for y in r.targets.values())
+        assert result.samples and len({r.id for r in result.samples}) == len(result.samples)
+        for r in result.samples:
+            assert all(type(y) is int for y in r.targets.values())
+            assert 0 <= r.start_frame and (r.stop_frame == -1 or r.start_frame <= r.stop_frame)
+            assert r.fps == 0 or 0 < r.fps < math.inf
         result.per_class(1, seed=0)
 
 

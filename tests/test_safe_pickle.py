@@ -90,8 +90,44 @@ def test_an_ndarray_subclass_is_refused(tmp_path):
         safe_pickle.load(dumped(tmp_path, np.zeros(3).view(Subclass)), allow_numpy=True)
     with pytest.raises(UnsafePickleError, match="refused numpy.matrix"):
         safe_pickle.load(dumped(tmp_path, np.matrix([[1.0]])), allow_numpy=True)
-    with pytest.raises(UnsafePickleError, match="_reconstruct of <class 'numpy.dtype'>, not a plain numpy.ndarray"):
+    with pytest.raises(UnsafePickleError, match="_reconstruct of .*, not a plain numpy.ndarray"):
         safe_pickle.load(dumped(tmp_path, ReconstructsADtype()), allow_numpy=True)
+
+
+class CallsNdarray:
+    """numpy.ndarray(shape, dtype, buffer) called by the pickle itself: an array over the pickle's bytes."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __reduce__(self):
+        return np.ndarray, ((2,), self.dtype, b"\x41" * 16)
+
+
+class ScalarOf:
+    """numpy's scalar constructor with a dtype: an object scalar would be a pointer made of the pickle's bytes."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __reduce__(self):
+        return np.float64(1.0).__reduce__()[0], (self.dtype, b"\x41" * 8)
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_only_numeric_arrays_and_only_through_numpys_reconstruction(tmp_path, protocol):
+    """An object array or scalar built over attacker bytes crashes the process when touched: refused, naming it."""
+    numeric = {"f": np.arange(3.0), "c": np.ones(2, np.complex64), "b": np.zeros(2, bool), "s": np.uint16(7)}
+    assert_same(safe_pickle.load(dumped(tmp_path, numeric, protocol), allow_numpy=True), numeric)
+    refused = [(CallsNdarray(np.dtype("f8")), "numpy.ndarray called directly"),
+               (CallsNdarray(np.dtype("O")), r"numpy.dtype of dtype dtype\('O'\), not a numeric dtype"),
+               (np.array([1, "a"], dtype=object), "not a numeric dtype"),
+               (np.zeros(2, [("a", "f4"), ("b", "O")]), "not a numeric dtype"),
+               (np.zeros(2, "U3"), "not a numeric dtype"),
+               (ScalarOf(np.dtype("O")), "not a numeric dtype")]
+    for obj, match in refused:
+        with pytest.raises(UnsafePickleError, match=match):
+            safe_pickle.load(dumped(tmp_path, obj, protocol), allow_numpy=True)
 
 
 def test_truncated_and_missing_files_give_one_clear_error(tmp_path):

@@ -1,9 +1,17 @@
 """The teacher-output cache: same losses as live teachers on the same views, keyed by everything it depends
-on, filled by a real process that is killed and resumed, and used by tools/train_net.py."""
+on, filled by real processes that are killed (on 1, then 2, then 1 ranks) and resumed, healed from the files a
+kill cuts short and from damage its checksums find, and used by tools/train_net.py."""
+import json
+import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
+from contextlib import suppress
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,54 +146,184 @@ def test_require_without_a_cache_and_learned_phi_are_refused(dataset, tmp_path):
         distiller_and_data(learned)
 
 
-def test_a_killed_fill_resumes_and_training_reads_the_cache(dataset, tmp_path):
-    path, cfg = cache_config(tmp_path, dataset, "dual_teacher", "DISTILL.CACHE_VIEWS", "4", "TEST.BATCH_SIZE", "2")
-    args = ["tools/cache_teachers.py", "--config", path, "DISTILL.CACHE_VIEWS", "4", "TEST.BATCH_SIZE", "2"]
-    with open(tmp_path / "fill.log", "w") as f:
-        proc = subprocess.Popen(command(args), cwd=REPO, env=clean_env(), stdout=f, stderr=subprocess.STDOUT,
+# ----------------------------------------------------------------------------------------------- healing
+# Fills one clip at a time: whichever clips a fill computes, and on however many ranks, each clip's targets are
+# the same bits. The tests below fill the dual teacher's cache of 16 videos x 1 view.
+ONE_AT_A_TIME = ["TEST.BATCH_SIZE", "1"]
+HEALED = ONE_AT_A_TIME + ["DISTILL.CACHE_VIEWS", "1"]
+SLOTS = list(range(16)), [0] * 16
+
+
+@pytest.fixture(scope="module")
+def filled(dataset, tmp_path_factory):
+    """A complete cache, filled once for the tests below (each damages its own copy), with what refills it and
+    every row it holds."""
+    tmp = tmp_path_factory.mktemp("filled")
+    path, cfg = cache_config(tmp, dataset, "dual_teacher", *HEALED)
+    distiller, data = distiller_and_data(cfg)
+    cache = teacher_cache.prepare(cfg, distiller, data, CPU, 0, 1)
+    return SimpleNamespace(path=path, distiller=distiller, data=data, folder=cache.folder,
+                           rows=read_all(cache, *SLOTS))
+
+
+def config_in(filled, tmp_path, mode="auto"):
+    """The filled cache's config with DISTILL.CACHE `mode` and its cache in tmp_path."""
+    return load_config(filled.path, HEALED + ["DISTILL.CACHE_DIR", str(tmp_path / "cache"), "DISTILL.CACHE", mode])
+
+
+def copy_of(filled, tmp_path):
+    """A copy of the filled cache, where `config_in(filled, tmp_path)` finds it."""
+    folder = str(tmp_path / "cache" / os.path.basename(filled.folder))
+    shutil.copytree(filled.folder, folder)
+    return folder
+
+
+def prepare_and_compare(filled, cfg, folder):
+    """Open (heal) the cache of `cfg` at `folder`: it is complete, intact, and holds the filled cache's rows."""
+    cache = teacher_cache.prepare(cfg, filled.distiller, filled.data, CPU, 0, 1)
+    assert cache.folder == folder and not os.path.exists(folder + ".partial")
+    assert teacher_cache.damage(folder) is None
+    rows = read_all(cache, *SLOTS)
+    assert rows.keys() == filled.rows.keys() == {"z_v", "z_c", "r_c", "r_res", "e_v"}
+    for name in rows:
+        assert torch.equal(rows[name], filled.rows[name]), name
+
+
+def cut(path, how):
+    """Cut an .npy file as a kill while it was created or written can leave it."""
+    data = Path(path).read_bytes()
+    header = len(data) - np.load(path, mmap_mode="r").nbytes
+    Path(path).write_bytes({"empty": b"", "header only": data[:header], "short": data[:-100]}[how])
+
+
+def as_killed(folder):
+    """Turn a complete cache back into the partial fill that a kill just before its end leaves: every row
+    computed and marked, no meta.json yet."""
+    os.remove(os.path.join(folder, "meta.json"))
+    os.rename(folder, folder + ".partial")
+    return folder + ".partial"
+
+
+@pytest.mark.parametrize("file, how", [("z_v.shard0.npy", "empty"), ("r_c.shard0.npy", "header only"),
+                                       ("filled.shard0.npy", "short")])
+def test_a_file_a_kill_cut_short_is_discarded_with_its_marks_and_its_rows_computed_again(filled, tmp_path, caplog,
+                                                                                        file, how):
+    """The states a kill while a shard (or the marks) was created leaves, kept with every row marked filled
+    (which a kill cannot leave, so that using any mark would show): the rank's shards and marks are discarded."""
+    folder = copy_of(filled, tmp_path)
+    cut(os.path.join(as_killed(folder), file), how)
+    caplog.set_level(logging.INFO, "vidkd.engine")
+    prepare_and_compare(filled, config_in(filled, tmp_path), folder)
+    assert f"{os.path.join(folder + '.partial', file)} is cut short or unreadable" in caplog.text
+    assert "resuming the fill" not in caplog.text
+
+
+def test_a_resumed_fill_computes_the_rows_not_marked_and_only_those(filled, tmp_path, caplog):
+    """The state a kill mid-way leaves (simulated): rows past the last mark computed but not marked, or not yet
+    computed at all (garbage here, which must not survive)."""
+    folder = copy_of(filled, tmp_path)
+    partial = as_killed(folder)
+    marks = np.load(os.path.join(partial, "filled.shard0.npy"))
+    marks[10:] = False
+    np.save(os.path.join(partial, "filled.shard0.npy"), marks)
+    for name in filled.rows:
+        shard = np.load(os.path.join(partial, f"{name}.shard0.npy"), mmap_mode="r+")
+        shard[10:] = 7.0
+        shard.flush()
+    caplog.set_level(logging.INFO, "vidkd.engine")
+    prepare_and_compare(filled, config_in(filled, tmp_path), folder)
+    assert "resuming the fill, 10 of 16 views of this rank already stored" in caplog.text
+
+
+def swap_two_rows(path):
+    """Plausible garbage: two rows of a shard exchanged, the file still a valid .npy of the right shape."""
+    shard = np.load(path, mmap_mode="r+")
+    shard[[3, 5]] = shard[[5, 3]]
+    shard.flush()
+
+
+DAMAGES = {"meta.json": os.remove, "z_c.shard0.npy": swap_two_rows,
+           "r_res.shard0.npy": lambda path: cut(path, "short")}
+
+
+@pytest.mark.parametrize("file", DAMAGES)
+def test_a_damaged_cache_is_refused_under_require_and_rebuilt_under_auto(filled, tmp_path, caplog, file):
+    """A deleted meta.json, two rows exchanged in a shard, a shard cut short: found by the checksums when the
+    cache is opened, before any row is read."""
+    folder = copy_of(filled, tmp_path)
+    damaged = os.path.join(folder, file)
+    DAMAGES[file](damaged)
+    message = "is missing or unreadable" if file == "meta.json" else "does not match its SHA-256 in"
+    with pytest.raises(ConfigError, match=re.escape(f"DISTILL.CACHE require: the teacher cache for this config is "
+                                                    f"damaged: {damaged} {message}") + ".*tools/cache_teachers.py"):
+        teacher_cache.prepare(config_in(filled, tmp_path, "require"), filled.distiller, filled.data, CPU, 0, 1)
+    caplog.set_level(logging.WARNING, "vidkd.engine")
+    prepare_and_compare(filled, config_in(filled, tmp_path), folder)
+    assert f"{damaged} {message}" in caplog.text and f"deleting {folder} and building it again" in caplog.text
+
+
+def marked(partial, world):
+    """Views marked filled in `partial` if it is laid out for `world` ranks, else 0."""
+    try:
+        with open(os.path.join(partial, "layout.json")) as f:
+            if json.load(f) != {"world": world}:
+                return 0
+        return sum(int(np.load(os.path.join(partial, f"filled.shard{r}.npy")).sum()) for r in range(world))
+    except (OSError, ValueError):
+        return 0
+
+
+def kill_when_marked(args, ranks, partial, count, log):
+    """Run `args` on `ranks` ranks and SIGKILL the lot (launcher and ranks) once its fill has marked `count`
+    views; returns the run's output. A real kill, at whatever point of the fill it lands."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(command(args, ranks), cwd=REPO, env=clean_env(), stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    try:
+        deadline = time.time() + TIMEOUT
+        while marked(partial, ranks) < count:
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.02)
+    finally:
+        with suppress(ProcessLookupError):  # all gone already (a failed run)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return log.read_text()
+
+
+def test_a_fill_killed_on_1_then_2_then_1_ranks_gives_the_rows_of_a_fresh_fill(dataset, tmp_path):
+    """Fills killed on 1 rank, then on 2 (the partial fill of 1 rank discarded: its layout is not theirs), then
+    on 1 (the 2 ranks' discarded), then resumed on 1 rank to its end: every row is the bits of a fresh fill
+    on 2 ranks, which tools/train_net.py then trains from on 2 ranks."""
+    more = ["DISTILL.CACHE_VIEWS", "4", *ONE_AT_A_TIME]
+    path, cfg = cache_config(tmp_path, dataset, "dual_teacher", *more)
+    args = ["tools/cache_teachers.py", "--config", path, *more]
     folder = key(cfg, build_dataset(cfg, True).manifest)
-    marks, deadline = os.path.join(folder + ".partial", "filled.shard0.npy"), time.time() + TIMEOUT
-    while not (os.path.isfile(marks) and np.load(marks).sum() >= 10):
-        assert proc.poll() is None and time.time() < deadline, open(tmp_path / "fill.log").read()[-3000:]
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not os.path.exists(folder) and np.load(marks).sum() < 16 * 4  # killed half-way
+    partial = folder + ".partial"
+    logs = [kill_when_marked(args, ranks, partial, 8, tmp_path / f"fill{i}.log") for i, ranks in enumerate([1, 2, 1])]
+    assert not os.path.exists(folder) and marked(partial, 1) < 16 * 4  # killed half-way
+    assert f"discarding the partial fill {partial}, laid out for 1 ranks: filling it again on 2" in logs[1]
+    assert f"discarding the partial fill {partial}, laid out for 2 ranks: filling it again on 1" in logs[2]
     resumed = ok(launch(args))
-    assert "resuming the fill" in resumed.stderr and f"teacher cache: {folder} (16 videos x 4 views" in resumed.stdout
-    filled = teacher_cache.TeacherCache(folder)
-    os.rename(folder, folder + ".resumed")
-    ok(launch(args))  # a fresh fill: the same numbers
-    fresh = teacher_cache.TeacherCache(folder)
+    assert "resuming the fill" in resumed.stderr and "discarding" not in resumed.stderr
+    assert f"teacher cache: {folder} (16 videos x 4 views" in resumed.stdout
+    runs = tmp_path / "runs.json"
+    fresh = ["DISTILL.CACHE_DIR", str(tmp_path / "fresh")]
+    runs.write_text(json.dumps([["cache_teachers", "--config", path, *more, *fresh],
+                                ["train_net", "--config", path, *more, *fresh, "DISTILL.CACHE", "require",
+                                 "TRAIN.EPOCHS", "1"]]))
+    two = ok(launch(["tests/train_many.py", str(runs)], ranks=2))
+    (other,) = (tmp_path / "fresh").iterdir()
+    assert other.name == os.path.basename(folder)  # the key does not depend on the number of ranks
+    assert two.stdout.count("teacher cache: ") == 1 and f"teacher outputs from the cache {other}" in two.stderr
+    assert sorted(os.listdir(other)) == sorted(["meta.json", "layout.json"] + [
+        f"{n}.shard{r}.npy" for n in ["filled", "z_v", "z_c", "r_c", "r_res", "e_v"] for r in (0, 1)])
+    one, two_ranks = teacher_cache.TeacherCache(folder), teacher_cache.TeacherCache(str(other))
+    assert (one.world, two_ranks.world) == (1, 2)
     slots = torch.arange(16).repeat_interleave(4).tolist(), torch.arange(4).repeat(16).tolist()
-    fresh, filled = read_all(fresh, *slots), read_all(filled, *slots)
-    for name in fresh:
-        assert torch.equal(fresh[name], filled[name]), name
-    trained = ok(launch(["tools/train_net.py", "--config", path, "DISTILL.CACHE_VIEWS", "4",
-                         "DISTILL.CACHE", "require", "TRAIN.EPOCHS", "1"]))
-    assert f"teacher outputs from the cache {folder}" in trained.stderr
-
-
-def test_two_ranks_fill_their_own_shards_with_the_one_process_numbers(dataset, tmp_path):
-    path, cfg = cache_config(tmp_path, dataset)
-    two = ok(launch(["tools/cache_teachers.py", "--config", path, "DISTILL.CACHE_DIR", str(tmp_path / "two")],
-                    ranks=2))
-    assert two.stdout.count("teacher cache: ") == 1  # rank 0 reports
-    ok(launch(["tools/cache_teachers.py", "--config", path, "DISTILL.CACHE_DIR", str(tmp_path / "one")]))
-    (a,), (b,) = (list((tmp_path / d).iterdir()) for d in ("two", "one"))
-    assert a.name == b.name  # the key does not depend on the number of ranks
-    two, one = teacher_cache.TeacherCache(str(a)), teacher_cache.TeacherCache(str(b))
-    assert (two.world, one.world) == (2, 1)
-    assert sorted(os.listdir(a)) == sorted(["meta.json"] + [f"{n}.shard{r}.npy" for n in two.names + ["filled"]
-                                                              for r in (0, 1)])
-    samples, views = torch.arange(16).repeat_interleave(2).tolist(), torch.arange(2).repeat(16).tolist()
-    x, y = read_all(two, samples, views), read_all(one, samples, views)
-    for name in x:  # other batches, other float rounding: within fp16's
-        assert torch.allclose(x[name], y[name], rtol=1e-2, atol=1e-2), name
-    trained = ok(launch(["tools/train_net.py", "--config", path, "DISTILL.CACHE", "require", "DISTILL.CACHE_DIR",
-                         str(tmp_path / "two"), "TRAIN.EPOCHS", "1"], ranks=2))
-    assert f"teacher outputs from the cache {a}" in trained.stderr
+    x, y = read_all(one, *slots), read_all(two_ranks, *slots)
+    for name in x:
+        assert torch.equal(x[name], y[name]), name
     (record,) = records(tmp_path / "run")
     assert record["epoch"] == 1 and record["skipped_steps"] == 0
     assert all(np.isfinite(record[f"loss/{k}"]) for k in ("ce", "datw", "sdd_main", "sdd_aux", "rkd"))

@@ -4,7 +4,9 @@
     deepspeed --num_gpus 8 tools/cache_teachers.py --config X.yaml      # each rank fills its own shard
 
 Then train with `DISTILL.CACHE require` (or `auto`, which also fills a missing cache before training). A killed
-fill resumes where it stopped; a cache that is already complete for this config is left as it is.
+fill resumes where it stopped (run again on as many ranks: on another number it starts afresh); a cache that
+is already complete for this config is left as it is, and one that is damaged (a shard not matching its
+SHA-256 in meta.json, or no readable meta.json) is deleted and built again.
 """
 import argparse
 import logging

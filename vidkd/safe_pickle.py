@@ -17,12 +17,14 @@ from vidkd.errors import CheckpointError, UnsafePickleError
 # Builtins that plain-data pickles name: sets before protocol 4, complex numbers, bytearrays before protocol 5.
 PLAIN = {("builtins", t.__name__): t for t in (set, frozenset, complex, bytearray)}
 # What numpy arrays, dtypes and scalars pickle as: `_reconstruct` then ndarray.__setstate__ (protocols 2-4),
-# `_frombuffer` (protocol 5); numpy 1 wrote `numpy.core`, numpy 2 writes `numpy._core`.
-NUMPY = {("numpy", "ndarray"): numpy.ndarray, ("numpy", "dtype"): numpy.dtype}
+# `_frombuffer` (protocol 5); numpy 1 wrote `numpy.core`, numpy 2 writes `numpy._core`. Each is resolved to a
+# guard below: arrays, scalars and dtypes are built only through these paths and only with NUMERIC dtypes (an
+# object array or scalar holds pointers, which a pickle can forge: touching one crashes the process).
+NUMERIC = "biufc"  # bool, signed and unsigned integers, floats, complex
+NUMPY_NAMES = {("numpy", "ndarray"): "ndarray", ("numpy", "dtype"): "dtype"}
 for _core in ("numpy.core", "numpy._core"):
-    NUMPY.update({(f"{_core}.multiarray", "_reconstruct"): multiarray._reconstruct,
-                  (f"{_core}.multiarray", "scalar"): multiarray.scalar,
-                  (f"{_core}.numeric", "_frombuffer"): numeric._frombuffer})
+    NUMPY_NAMES.update({(f"{_core}.multiarray", "_reconstruct"): "_reconstruct",
+                        (f"{_core}.multiarray", "scalar"): "scalar", (f"{_core}.numeric", "_frombuffer"): "_frombuffer"})
 
 
 def load(path, allow_numpy=False):
@@ -47,18 +49,55 @@ def load(path, allow_numpy=False):
 # The pure-Python unpickler: the C one keeps its memo in an array that a 9-byte pickle (one LONG_BINPUT
 # with a large index) grows to gigabytes.
 class _Unpickler(pickle._Unpickler):
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, file, path, allow_numpy):
         super().__init__(file)
-        self.path, self.allowed = path, {**PLAIN, **(NUMPY if allow_numpy else {})}
+        self.path, self.allow_numpy = path, allow_numpy
+        self.guards = {"ndarray": self._ndarray_called, "dtype": self._dtype, "_reconstruct": self._reconstruct,
+                       "scalar": self._scalar, "_frombuffer": self._frombuffer}
 
     def find_class(self, module, name):
-        found = self.allowed.get((module, name))
-        if found is None:
-            raise UnsafePickleError(self.path, f"{module}.{name}")
-        return self._plain_ndarray if found is multiarray._reconstruct else found
+        if (module, name) in PLAIN:
+            return PLAIN[module, name]
+        if self.allow_numpy and (module, name) in NUMPY_NAMES:
+            return self.guards[NUMPY_NAMES[module, name]]
+        raise UnsafePickleError(self.path, f"{module}.{name}")
 
-    def _plain_ndarray(self, subtype, *args):
+    def _numeric(self, dtype, what):
+        if not isinstance(dtype, numpy.dtype) or dtype.kind not in NUMERIC or dtype.hasobject:
+            raise UnsafePickleError(self.path, f"{what} of dtype {dtype!r}, not a numeric dtype")
+        return dtype
+
+    def _ndarray_called(self, *args):
+        """`numpy.ndarray` stands for the class that `_reconstruct` takes; called itself (shape, dtype, buffer),
+        it would build an array over any bytes."""
+        raise UnsafePickleError(self.path, "numpy.ndarray called directly, not through numpy's reconstruction")
+
+    def _dtype(self, *args):
+        return self._numeric(numpy.dtype(*args), "numpy.dtype")
+
+    def _reconstruct(self, subtype, *args):
         """`_reconstruct` of ndarray itself: a subclass would run its own `__array_finalize__` / `__setstate__`."""
-        if subtype is not numpy.ndarray:
+        if subtype is not self.guards["ndarray"]:
             raise UnsafePickleError(self.path, f"_reconstruct of {subtype!r}, not a plain numpy.ndarray")
-        return multiarray._reconstruct(subtype, *args)
+        return multiarray._reconstruct(numpy.ndarray, *args)
+
+    def _scalar(self, dtype, *args):
+        return multiarray.scalar(self._numeric(dtype, "numpy scalar"), *args)
+
+    def _frombuffer(self, buffer, dtype, *args):
+        return numeric._frombuffer(buffer, self._numeric(dtype, "numpy._frombuffer"), *args)
+
+    def load_build(self):
+        """BUILD, i.e. `obj.__setstate__(state)`: an array's state must carry a numeric dtype (checked before it
+        is set), and a dtype must stay numeric."""
+        state, obj = self.stack[-1], self.stack[-2]
+        if isinstance(obj, numpy.ndarray):
+            # (version, shape, dtype, is_fortran, data), or without the version
+            self._numeric(state[-3] if isinstance(state, tuple) and len(state) in (4, 5) else None, "numpy array")
+        pickle._Unpickler.load_build(self)
+        if isinstance(obj, numpy.dtype):
+            self._numeric(obj, "numpy.dtype")
+
+    dispatch[pickle.BUILD[0]] = load_build

@@ -1,7 +1,8 @@
 """Config loading: defaults (defaults.py) <- yaml file(s) <- command-line `KEY VALUE` pairs.
 
-Every value is checked before anything runs: an unknown key, a wrong type or a value outside the allowed
-choices (or under the allowed minimum) raises ConfigError naming the key and where it came from (file and line, or the command line).
+Every value is checked before anything runs: an unknown key, a key given twice in one yaml mapping, a wrong type,
+a value its rule in defaults.RULES refuses, or values that break one of defaults.RELATIONS raise ConfigError naming
+the key and where it came from (file and line, or the command line).
 A yaml may inherit from another with `_BASE_: relative/path.yaml`.
 """
 import os
@@ -10,7 +11,7 @@ import sys
 import yaml
 from fvcore.common.config import CfgNode
 
-from vidkd.config.defaults import CHOICES, MINIMUMS, get_defaults
+from vidkd.config.defaults import RELATIONS, RULES, get_defaults
 from vidkd.errors import ConfigError
 
 BASE_KEY = "_BASE_"
@@ -65,9 +66,34 @@ def _read_yaml(path):
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read as a text file ({e})")
     try:
-        return yaml.compose(text), yaml.safe_load(text)
+        node, data = yaml.compose(text), yaml.safe_load(text)
     except YAML_FAILURES as e:
         raise ConfigError(f"{path}: not valid yaml: {e}")
+    _refuse_repeated_keys(node, path)
+    return node, data
+
+
+def _refuse_repeated_keys(root, path):
+    """A ConfigError for a key given twice in one mapping anywhere in the node tree (yaml would keep the last one
+    silently). Walked without recursion, each node once (an alias may make a node contain itself)."""
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or not isinstance(node, yaml.CollectionNode):
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+            continue
+        lines = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if isinstance(key, yaml.ScalarNode):
+                if (key.tag, key.value) in lines:
+                    raise ConfigError(f"{path}:{line}: key {key.value!r} is given twice in one mapping, on lines "
+                                      f"{lines[key.tag, key.value]} and {line} (yaml would keep the last silently)")
+                lines[key.tag, key.value] = line
+            stack.extend((key, value))
 
 
 def _flatten(data, node, group, prefix=""):
@@ -132,12 +158,14 @@ def _value(cfg, dotted):
 
 
 def _check_values(cfg, origins):
-    for dotted, allowed in CHOICES.items():
-        if _value(cfg, dotted) not in allowed:
-            where = origins.get(dotted, "defaults")
-            raise ConfigError(f"{where}: config key {dotted!r} must be one of {list(allowed)}, "
-                              f"got {_value(cfg, dotted)!r}")
-    for dotted, least in MINIMUMS.items():
-        if _value(cfg, dotted) < least:
-            where = origins.get(dotted, "defaults")
-            raise ConfigError(f"{where}: config key {dotted!r} must be >= {least}, got {_value(cfg, dotted)!r}")
+    """Each value against its rule, then the relations between keys (which may count on the rules)."""
+    for dotted, rule in RULES.items():
+        value = _value(cfg, dotted)
+        if not rule(value):
+            raise ConfigError(f"{origins.get(dotted, 'defaults')}: config key {dotted!r} must be {rule}, got {value!r}")
+    for keys, holds, text in RELATIONS:
+        values = [_value(cfg, k) for k in keys]
+        if not holds(*values):
+            key = next(k for k in keys if k in origins)  # the defaults keep every relation: some key was set
+            shown = ", ".join(f"{k} = {v!r} ({origins.get(k, 'default')})" for k, v in zip(keys, values))
+            raise ConfigError(f"{origins[key]}: config key {key!r}: {text}; got {shown}")

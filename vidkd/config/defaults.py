@@ -1,6 +1,9 @@
-"""Every config key of vidkd with its default, one comment each. Yaml files in configs/ override these;
-`KEY VALUE` pairs on the command line override the yaml. A key not listed here is an error."""
+"""Every config key of vidkd with its default, one comment each, and (RULES, RELATIONS, after them) the values
+each may hold. Yaml files in configs/ override these; `KEY VALUE` pairs on the command line override the yaml.
+A key not listed here is an error."""
 from fvcore.common.config import CfgNode
+
+from vidkd.config.rules import Anything, List, OneOf, OutputDir, Range, Relation, Text
 
 _C = CfgNode()
 
@@ -217,28 +220,126 @@ _C.EXPORT = CfgNode()
 # ONNX opset of the exported student.
 _C.EXPORT.ONNX_OPSET = 17
 
-# Keys whose value must be one of a fixed set.
-CHOICES = {
-    "MODEL.VIT_STEM": ("patch", "conv"),
-    "DATA.DECODER": ("decord", "pyav"),
-    "DATA.SAMPLING": ("dense", "segment"),
-    "TEST.NUM_CROPS": (1, 3),
-    "SOLVER.OPTIMIZER": ("sgd", "adamw"),
-    "DEEPSPEED.ZERO_STAGE": (0, 1, 2),
-    "DEEPSPEED.PRECISION": ("fp32", "bf16", "fp16"),
-    "DISTILL.METHOD": ("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "dual_teacher"),
-    "DISTILL.TEACHER_INDEX": (0, 1),
-    "DISTILL.DATW_MODE": ("adaptive", "fixed", "vit_only", "cnn_only"),
-    "DISTILL.DATW_CONFIDENCE": ("true_class", "max_prob", "neg_entropy"),
-    "DISTILL.DATW_DISCREPANCY": ("kl", "cosine"),
-    "DISTILL.SDD_PHI": ("fixed", "learned"),
-    "DISTILL.CACHE": ("live", "auto", "require"),
+# What each key may hold beyond its default's type (which the loader checks first), and the RELATIONS between
+# keys: every key has a rule here. The loader refuses any other value, naming the key and the file and line (or
+# the command line) that set it. The bounds are sanity bounds: past them a value is a typo, or would allocate
+# far more than any machine has, before anything could fail by itself.
+ANY, PATH, NAME = Anything(), Text(empty=True), Text(empty=False)
+SECONDS = Range(0, 86400)  # 0 = no limit; a day at most (a larger timeout overflows the timers)
+RULES = {
+    "SEED": Range(0, 2**32 - 1),  # numpy's and torch's seeds (torch adds the epoch)
+    "OUTPUT_DIR": OutputDir(),
+    "DATA.MANIFEST_DIR": NAME,
+    "DATA.TRAIN_SPLIT": NAME,
+    "DATA.TRAIN_PER_CLASS": Range(0),
+    "DATA.TEST_SPLIT": NAME,
+    "DATA.DECODER": OneOf("decord", "pyav"),
+    "DATA.DECODE_THREADS": Range(0, 256),
+    "DATA.DECODE_TIMEOUT": SECONDS,
+    "DATA.SAMPLING": OneOf("dense", "segment"),
+    "DATA.NUM_FRAMES": Range(1, 512),
+    "DATA.SAMPLING_RATE": Range(1, 1024),
+    "DATA.TARGET_FPS": Range(0, 1000),
+    "DATA.TRAIN_CROP_SIZE": Range(1, 1024),
+    "DATA.TRAIN_CROP_SCALE": List(Range(0, 1, above=True), 2, ordered=True),
+    "DATA.TRAIN_CROP_RATIO": List(Range(0, above=True), 2, ordered=True),
+    "DATA.FLIP": ANY,
+    "DATA.TEST_SHORT_SIDE": Range(1, 1024),
+    "DATA.TEST_CROP_SIZE": Range(1, 1024),
+    "DATA.MEAN": List(Range(0, 1), 3),
+    "DATA.STD": List(Range(0, 1, above=True), 3),
+    "DATA.NUM_WORKERS": Range(0, 256),
+    "DATA.PREFETCH_FACTOR": Range(1),
+    "DATA.BATCH_TIMEOUT": SECONDS,
+    "DATA.PIN_MEMORY": ANY,
+    "DATA.MAX_RETRIES": Range(0, 1000),
+    "DATA.MAX_FAIL_FRACTION": Range(0, 1),
+    "MODEL.STUDENT": NAME,  # the model registry is looked up by trainer.check_config
+    "MODEL.TEACHERS": List(NAME, (0, 2)),
+    "MODEL.NUM_CLASSES": Range(0, 100_000),
+    "MODEL.STUDENT_CHECKPOINT": PATH,
+    "MODEL.TEACHER_CHECKPOINTS": List(PATH, (0, 2)),  # one per teacher: checked by trainer.check_config
+    "MODEL.VIT_PATCH_SIZE": Range(0, 1024),
+    "MODEL.VIT_STEM": OneOf("patch", "conv"),
+    "MODEL.VIT_DEPTH": Range(0, 128),
+    "MODEL.VIT_HEAD_INIT_SCALE": Range(0),
+    "MODEL.CHANNELS_LAST": ANY,
+    "MODEL.COMPILE": ANY,
+    "MODEL.TEACHER_AUTOCAST": ANY,
+    "MODEL.PARTIAL_LOAD": ANY,
+    "TRAIN.BATCH_SIZE": Range(1),
+    "TRAIN.EPOCHS": Range(1, 100_000),
+    "TRAIN.EVAL_PERIOD": Range(1),
+    "TRAIN.CHECKPOINT_PERIOD": Range(1),
+    "TRAIN.CHECKPOINT_STEPS": Range(0),
+    "TRAIN.KEEP_CHECKPOINTS": Range(1),
+    "TRAIN.MAX_BAD_STEPS": Range(1),
+    "TRAIN.DETERMINISTIC": ANY,
+    "TRAIN.GRAD_ACCUM_STEPS": Range(1),
+    "TRAIN.CLIP_GRAD": Range(0),
+    "TRAIN.EMA": ANY,
+    "TRAIN.EMA_DECAY": Range(0, 1),
+    "SOLVER.OPTIMIZER": OneOf("sgd", "adamw"),
+    "SOLVER.BASE_LR": Range(0, above=True),
+    "SOLVER.MIN_LR": Range(0),
+    "SOLVER.WARMUP_EPOCHS": Range(0),
+    "SOLVER.WEIGHT_DECAY": Range(0),
+    "SOLVER.MOMENTUM": Range(0, 1),
+    "DEEPSPEED.ZERO_STAGE": OneOf(0, 1, 2),
+    "DEEPSPEED.PRECISION": OneOf("fp32", "bf16", "fp16"),
+    "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "dual_teacher"),
+    "DISTILL.TEACHER_INDEX": OneOf(0, 1),
+    "DISTILL.CE_WEIGHT": Range(0),
+    "DISTILL.TEMPERATURE": Range(0, above=True),
+    "DISTILL.LOGIT_WEIGHT": Range(0),
+    "DISTILL.FEATURE_WEIGHT": Range(0),
+    "DISTILL.RKD_WEIGHT": Range(0),
+    "DISTILL.DKD_ALPHA": Range(0),
+    "DISTILL.DKD_BETA": Range(0),
+    "DISTILL.DKD_WARMUP": Range(0),
+    "DISTILL.OFA_EPS": Range(0, above=True),
+    "DISTILL.DATW_MODE": OneOf("adaptive", "fixed", "vit_only", "cnn_only"),
+    "DISTILL.DATW_CONFIDENCE": OneOf("true_class", "max_prob", "neg_entropy"),
+    "DISTILL.DATW_DISCREPANCY": OneOf("kl", "cosine"),
+    "DISTILL.DATW_LAMBDA": Range(0),
+    "DISTILL.DATW_TAU": Range(0, above=True),
+    "DISTILL.SDD": ANY,
+    "DISTILL.SDD_DIM": Range(1, 65536),
+    "DISTILL.SDD_PHI": OneOf("fixed", "learned"),
+    "DISTILL.CACHE": OneOf("live", "auto", "require"),
+    "DISTILL.CACHE_DIR": PATH,
+    "DISTILL.CACHE_VIEWS": Range(1, 1024),
+    "TEST.BATCH_SIZE": Range(1),
+    "TEST.NUM_CLIPS": Range(1, 1024),
+    "TEST.NUM_CROPS": OneOf(1, 3),
+    "EXPORT.ONNX_OPSET": Range(7, 20),  # the opsets of torch's TorchScript-based ONNX exporter
 }
 
-# Keys whose value must be at least this.
-MINIMUMS = {"DATA.TRAIN_PER_CLASS": 0, "TRAIN.CHECKPOINT_STEPS": 0, "TRAIN.KEEP_CHECKPOINTS": 1,
-            "TRAIN.MAX_BAD_STEPS": 1,
-            "DISTILL.CACHE_VIEWS": 1, "EXPORT.ONNX_OPSET": 7}
+BATCH_GIB = 16  # the largest batch of clips (float32) the loader may assemble
+
+
+def _fits(batch_size, num_frames, crop_size):
+    return batch_size * 3 * num_frames * crop_size**2 * 4 <= BATCH_GIB * 2**30
+
+
+RELATIONS = [
+    Relation(("TRAIN.BATCH_SIZE", "DATA.NUM_FRAMES", "DATA.TRAIN_CROP_SIZE"), _fits,
+             f"a training batch (TRAIN.BATCH_SIZE x 3 x DATA.NUM_FRAMES x DATA.TRAIN_CROP_SIZE^2 float32) must fit in "
+             f"{BATCH_GIB} GiB"),
+    Relation(("TEST.BATCH_SIZE", "DATA.NUM_FRAMES", "DATA.TEST_CROP_SIZE"), _fits,
+             f"a test batch (TEST.BATCH_SIZE x 3 x DATA.NUM_FRAMES x DATA.TEST_CROP_SIZE^2 float32) must fit in "
+             f"{BATCH_GIB} GiB"),
+    Relation(("DATA.TEST_CROP_SIZE", "DATA.TEST_SHORT_SIDE"), lambda crop, side: crop <= side,
+             "the test crop must fit in the resized frame: DATA.TEST_CROP_SIZE <= DATA.TEST_SHORT_SIDE"),
+    Relation(("SOLVER.MIN_LR", "SOLVER.BASE_LR"), lambda low, base: low <= base,
+             "the schedule decays from SOLVER.BASE_LR to SOLVER.MIN_LR: MIN_LR <= BASE_LR"),
+    Relation(("SOLVER.WARMUP_EPOCHS", "TRAIN.EPOCHS"), lambda warmup, epochs: warmup <= epochs,
+             "the warm-up must end within the run: SOLVER.WARMUP_EPOCHS <= TRAIN.EPOCHS"),
+    Relation(("DISTILL.RKD_WEIGHT", "DISTILL.METHOD"), lambda weight, method: method != "rkd" or weight > 0,
+             "the rkd method needs DISTILL.RKD_WEIGHT above 0 (e.g. 1.0): at 0 it would train with CE alone"),
+    Relation(("MODEL.VIT_PATCH_SIZE", "MODEL.VIT_STEM"), lambda patch, stem: stem != "conv" or (patch or 16) % 4 == 0,
+             "the ViTs' conv stem needs MODEL.VIT_PATCH_SIZE (0: 16) divisible by 4"),
+]
 
 
 def get_defaults():

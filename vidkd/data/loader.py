@@ -12,7 +12,7 @@ import threading
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from vidkd.data.manifest import Manifest
+from vidkd.data.manifest import Manifest, check_same_classes
 from vidkd.data.sampling import ClipSpec
 from vidkd.data.seeking import load_index
 from vidkd.data.transforms import TestTransform, TrainTransform
@@ -145,11 +145,14 @@ def clip_spec(cfg):
     return ClipSpec(d.NUM_FRAMES, d.SAMPLING_RATE, d.SAMPLING, d.TARGET_FPS)
 
 
-def build_dataset(cfg, train):
+def manifest_path(cfg, train):
     d = cfg.DATA
-    split = d.TRAIN_SPLIT if train else d.TEST_SPLIT
-    manifest_path = os.path.join(d.MANIFEST_DIR, f"{split}.json")
-    manifest = Manifest.load(manifest_path)
+    return os.path.join(d.MANIFEST_DIR, f"{d.TRAIN_SPLIT if train else d.TEST_SPLIT}.json")
+
+
+def build_dataset(cfg, train):
+    d, path = cfg.DATA, manifest_path(cfg, train)
+    manifest = Manifest.load(path)
     if train:
         manifest = manifest.per_class(d.TRAIN_PER_CLASS, cfg.SEED)
         transform = TrainTransform(d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SCALE, d.TRAIN_CROP_RATIO, d.FLIP, d.MEAN, d.STD)
@@ -157,7 +160,7 @@ def build_dataset(cfg, train):
         transform = TestTransform(d.TEST_SHORT_SIDE, d.TEST_CROP_SIZE, d.MEAN, d.STD)
     return VideoDataset(manifest, clip_spec(cfg), transform, train, cfg.TEST.NUM_CLIPS, cfg.TEST.NUM_CROPS,
                         d.DECODER, d.DECODE_THREADS, cfg.SEED, d.MAX_RETRIES, d.DECODE_TIMEOUT,
-                        cache_views(cfg) if train else 0, load_index(manifest_path))
+                        cache_views(cfg) if train else 0, load_index(path))
 
 
 def cache_views(cfg):
@@ -191,3 +194,11 @@ def build_loader(cfg, train, rank=0, world_size=1):
         torch.multiprocessing.set_sharing_strategy("file_system")
     split = d.TRAIN_SPLIT if train else d.TEST_SPLIT
     return VideoLoader(dataset, loader, FailureTracker(split, len(dataset.manifest.samples), d.MAX_FAIL_FRACTION))
+
+
+def build_loaders(cfg, rank=0, world_size=1):
+    """The training and test loaders of this rank; the test manifest must have the training manifest's classes."""
+    train, test = build_loader(cfg, True, rank, world_size), build_loader(cfg, False, rank, world_size)
+    check_same_classes(train.dataset.manifest, manifest_path(cfg, True), test.dataset.manifest,
+                       manifest_path(cfg, False))
+    return train, test

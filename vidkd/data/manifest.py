@@ -15,6 +15,11 @@ frames named by `frame_template`.
 60, whatever the video's own rate). A frame folder's frames are at that rate and are indexed directly; a video
 file's own frames are reached through time (`VideoRecord.frame_range`). `fps = 0`: the frames are the decoded
 file's own.
+
+`Manifest.load` refuses (AnnotationError naming the file and the sample) a split without samples, a repeated id,
+a target outside its label set, a frame range other than `0 <= start_frame <= stop_frame` (or `stop_frame = -1`),
+and an fps that is negative, NaN or infinite. Whether a start lies past a video's end is known only once it is
+decoded (data_prep/check_videos.py).
 """
 import json
 import math
@@ -108,14 +113,51 @@ class Manifest:
                                 for names in heads.values()):
             raise AnnotationError(path, 0, f"label_sets must map one or more heads to lists of class names, "
                                            f"got {heads!r}")
+        if not manifest.samples:
+            raise AnnotationError(path, 0, "no samples: the split is empty")
+        first = {}  # id -> index of the sample with that id
         for i, rec in enumerate(manifest.samples):
             _check_types(rec, path, f"sample {i}")
-            if rec.targets.keys() != heads.keys() or not all(
-                    type(y) is int and 0 <= y < len(heads[head]) for head, y in rec.targets.items()):
-                sizes = ", ".join(f"{h}: {len(n)} classes" for h, n in heads.items())
-                raise AnnotationError(path, 0, f"sample {i} ({rec.id}): targets {rec.targets} do not fit the label "
-                                               f"sets ({sizes})")
+            _check_sample(rec, heads, f"sample {i} ({rec.id!r})", path)
+            if first.setdefault(rec.id, i) != i:
+                raise AnnotationError(path, 0, f"sample {i} ({rec.id!r}): the id of sample {first[rec.id]} too "
+                                               f"(ids must be unique)")
         return manifest
+
+
+def _check_sample(rec, heads, what, path):
+    """An AnnotationError naming the manifest and the sample unless its targets fit the label sets, its frame range
+    is `0 <= start_frame <= stop_frame` (or stop_frame -1: to the end) and its fps a finite rate >= 0."""
+    if rec.targets.keys() != heads.keys() or not all(
+            type(y) is int and 0 <= y < len(heads[head]) for head, y in rec.targets.items()):
+        sizes = ", ".join(f"{h}: {len(n)} classes" for h, n in heads.items())
+        raise AnnotationError(path, 0, f"{what}: targets {rec.targets} do not fit the label sets ({sizes})")
+    if not (0 <= rec.start_frame and (rec.stop_frame == -1 or rec.start_frame <= rec.stop_frame)):
+        raise AnnotationError(path, 0, f"{what}: start_frame {rec.start_frame} and stop_frame {rec.stop_frame}: need "
+                                       f"0 <= start_frame <= stop_frame (or stop_frame -1, to the end)")
+    if not 0 <= rec.fps < math.inf:
+        raise AnnotationError(path, 0, f"{what}: fps {rec.fps} must be a finite rate, or 0 for the file's own frames")
+
+
+def check_same_classes(train, train_path, test, test_path):
+    """An AnnotationError naming the test manifest unless its label sets are the training manifest's: the same
+    heads with the same class names in the same order (the model's outputs are the training classes)."""
+    for head, names in train.label_sets.items():
+        other = test.label_sets.get(head)
+        if other is None:
+            problem = "missing here"
+        elif len(other) != len(names):
+            problem = f"{len(other)} classes here, {len(names)} there"
+        elif other != names:
+            k = next(k for k, (a, b) in enumerate(zip(names, other)) if a != b)
+            problem = f"class {k} is {other[k]!r} here, {names[k]!r} there"
+        else:
+            continue
+        raise AnnotationError(test_path, 0, f"label set {head!r} of the training manifest {train_path}: {problem} "
+                                            f"(a test split must have the training classes, in their order)")
+    extra = sorted(set(test.label_sets) - set(train.label_sets))
+    if extra:
+        raise AnnotationError(test_path, 0, f"label set(s) {extra} that the training manifest {train_path} lacks")
 
 
 def _check_types(record, path, what):

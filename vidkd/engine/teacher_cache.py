@@ -12,12 +12,19 @@ the training manifest, the teachers' checkpoint files, the view spec, the method
 the targets are computed in (whether the teachers run under bf16 autocast on this device): any change
 gives another key, hence a rebuild, never a silent mismatch. It is filled in `<key>.partial/`, where rank r of
 W fills the slots `s = video * V + view` with `s % W == r` into its own shard files at row `s // W` and marks
-each filled row (a killed fill resumes where it stopped), then renamed to `<key>/` with its `meta.json`.
+each filled row, so a killed fill resumes where it stopped. The layout depends on W, which rank 0 records in
+`layout.json` before any shard is written: a fill resumed on another number of ranks discards the partial one
+(rows of two layouts never mix), and a shard or mark file that a kill left empty or cut short is discarded
+with its rank's marks, those rows computed again. Rank 0 then writes `meta.json` with the SHA-256 of every
+shard file and renames the folder to `<key>/`. The sums are checked once per run, when the cache is opened
+(`prepare`): a cache without a readable meta.json, or with a shard that does not match its sum, is deleted
+and rebuilt under DISTILL.CACHE auto (with a warning naming the file), and refused under require.
 """
 import hashlib
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import torch
@@ -82,11 +89,13 @@ class ViewItems(Dataset):
 def fill(folder, distiller, dataset, cfg, device, rank, world):
     """Compute and store this rank's slots in `<folder>.partial`; then (rank 0) rename it to `folder`."""
     partial, views = folder + ".partial", dataset.views
-    os.makedirs(partial, exist_ok=True)
+    layout = os.path.join(partial, "layout.json")
+    if rank == 0:
+        _start_layout(partial, layout, world)
+    distributed.barrier()  # the layout is settled before any rank reads or writes a shard
     rows = -(-len(dataset.manifest.samples) * views // world)
     slots = np.arange(rank, len(dataset.manifest.samples) * views, world)
-    done_path = os.path.join(partial, f"filled.shard{rank}.npy")
-    done = np.load(done_path) if os.path.isfile(done_path) else np.zeros(rows, bool)
+    done_path, done = _marks(partial, rank, rows)
     todo = slots[~done[slots // world]]
     if len(todo) < len(slots):
         log.info("teacher cache: resuming the fill, %d of %d views of this rank already stored",
@@ -113,15 +122,85 @@ def fill(folder, distiller, dataset, cfg, device, rank, world):
         os.replace(done_path + ".tmp.npy", done_path)  # marked only once the rows are on disk
     distributed.barrier()
     if rank == 0:
+        names = sorted(arrays) or _names(partial)
+        shards = [f"{name}.shard{r}.npy" for name in names for r in range(world)]
+        sums = {f: sha256_of_files([os.path.join(partial, f)]) for f in shards}
         with open(os.path.join(partial, "meta.json"), "w") as f:
-            json.dump({"world": world, "views": views, "rows": rows, "names": sorted(arrays) or _names(partial)}, f)
+            json.dump({"world": world, "views": views, "rows": rows, "names": names, "sha256": sums}, f)
         os.replace(partial, folder)
     distributed.barrier()
+
+
+def _start_layout(partial, layout, world):
+    """Keep a partial fill only if it was laid out for `world` ranks; else start it afresh, recording `world`."""
+    if os.path.isdir(partial):
+        try:
+            with open(layout) as f:
+                was = json.load(f).get("world")
+        except (OSError, ValueError, AttributeError):
+            was = None  # never written, or cut short by a kill
+        if was == world:
+            return
+        log.warning("teacher cache: discarding the partial fill %s, laid out for %s ranks: filling it again on %d",
+                    partial, was or "an unknown number of", world)
+        if os.path.isfile(layout):
+            os.remove(layout)  # first: a kill in rmtree leaves a folder that is discarded again, never reused
+        shutil.rmtree(partial)
+    os.makedirs(partial)
+    with open(layout, "w") as f:  # before any shard
+        json.dump({"world": world}, f)
+
+
+def _marks(partial, rank, rows):
+    """(path, bool [rows]) of this rank's marks of filled rows. If one of its files is not a whole .npy file of
+    `rows` rows (a kill while it was created can leave it empty, or with a header only), its marks and shards are
+    deleted first, and all its rows are computed again."""
+    done_path = os.path.join(partial, f"filled.shard{rank}.npy")
+    shards = [os.path.join(partial, f) for f in os.listdir(partial)
+              if f.endswith(f".shard{rank}.npy") and not f.startswith("filled.")]
+    cut = [path for path, dtype in [(done_path, np.bool_)] + [(path, np.float16) for path in shards]
+           if os.path.isfile(path) and not _whole(path, dtype, rows)]
+    if cut:
+        log.warning("teacher cache: %s is cut short or unreadable (a fill killed while writing it?): discarding "
+                    "rank %d's shards and marks, its views are computed again", cut[0], rank)
+        for path in [done_path] + shards:  # the marks first: shards without marks are merely filled again
+            if os.path.isfile(path):
+                os.remove(path)
+    return done_path, np.load(done_path) if os.path.isfile(done_path) else np.zeros(rows, bool)
+
+
+def _whole(path, dtype, rows):
+    """Whether `path` is a complete .npy file of `rows` rows of `dtype` (a short file does not map)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return array.dtype == dtype and array.shape[:1] == (rows,)
 
 
 def _names(partial):
     """Target names from the shard files (a resumed fill whose rank 0 had nothing left to compute)."""
     return sorted({f.split(".shard")[0] for f in os.listdir(partial) if ".shard" in f and not f.startswith("filled")})
+
+
+def damage(folder):
+    """What is wrong with the cache in `folder` (a message naming the file), or None if its meta.json reads and
+    every shard file matches the SHA-256 recorded there."""
+    meta_path = os.path.join(folder, "meta.json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        sums = {f"{name}.shard{r}.npy": meta["sha256"][f"{name}.shard{r}.npy"]
+                for name in meta["names"] for r in range(meta["world"])}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{meta_path} is missing or unreadable ({e})"
+    for file, digest in sums.items():
+        path = os.path.join(folder, file)
+        if not os.path.isfile(path):
+            return f"{path} is missing"
+        if sha256_of_files([path]) != digest:
+            return f"{path} does not match its SHA-256 in {meta_path}"
+    return None
 
 
 class TeacherCache:
@@ -148,12 +227,21 @@ class TeacherCache:
 
 
 def prepare(cfg, distiller, dataset, device, rank, world):
-    """The cache for this config (DISTILL.CACHE auto: built if missing; require: ConfigError if missing)."""
+    """The cache for this config, its files checked against their checksums (DISTILL.CACHE auto: built if
+    missing, rebuilt if damaged; require: ConfigError if missing or damaged)."""
     folder = cache_folder(cfg, cache_spec(cfg, dataset.manifest, device))
-    if not os.path.isfile(os.path.join(folder, "meta.json")):
+    present = os.path.exists(folder)
+    problem = damage(folder) if present else None
+    distributed.barrier()  # every rank has checked the cache before rank 0 deletes or fills one
+    if not present or problem:
         if cfg.DISTILL.CACHE == "require":
-            raise ConfigError(f"DISTILL.CACHE require: no teacher cache for this config at {folder} (build it with "
-                              f"tools/cache_teachers.py, or set DISTILL.CACHE auto)")
+            found = (f"the teacher cache for this config is damaged: {problem}" if problem
+                     else f"no teacher cache for this config at {folder}")
+            raise ConfigError(f"DISTILL.CACHE require: {found} (build it with tools/cache_teachers.py, which "
+                              f"replaces a damaged one, or set DISTILL.CACHE auto)")
+        if problem and rank == 0:
+            log.warning("teacher cache: %s: deleting %s and building it again", problem, folder)
+            shutil.rmtree(folder)
         fill(folder, distiller, dataset, cfg, device, rank, world)
     log.info("teacher outputs from the cache %s", folder)
     return TeacherCache(folder)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vidkd.data.loader import build_loader
+from vidkd.data.loader import build_loaders
 from vidkd.distill.build import build_distiller, teachers_needed
 from vidkd.engine import checkpointing, distributed, teacher_cache
 from vidkd.engine.ema import EMA
@@ -32,7 +32,8 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 
 def check_config(cfg):
-    """What can be checked before anything runs: model names, teacher checkpoint list, files."""
+    """What the config loader cannot check (defaults.RULES and RELATIONS, checked at load): the model registry,
+    the teacher checkpoint list against the teachers the method needs, files."""
     m = cfg.MODEL
     for key, name in [("MODEL.STUDENT", m.STUDENT)] + [(f"MODEL.TEACHERS[{i}]", n) for i, n in enumerate(m.TEACHERS)]:
         if name not in MODELS:
@@ -40,9 +41,6 @@ def check_config(cfg):
     if len(m.TEACHER_CHECKPOINTS) != len(m.TEACHERS):
         raise ConfigError(f"config key MODEL.TEACHER_CHECKPOINTS has {len(m.TEACHER_CHECKPOINTS)} entries, "
                           f"MODEL.TEACHERS {len(m.TEACHERS)}")
-    if cfg.DISTILL.METHOD == "rkd" and cfg.DISTILL.RKD_WEIGHT <= 0:
-        raise ConfigError(f"config key DISTILL.RKD_WEIGHT is {cfg.DISTILL.RKD_WEIGHT}: the rkd method would train "
-                          f"with CE alone (set it above 0, e.g. 1.0)")
     needed = teachers_needed(cfg)
     if needed and max(needed) >= len(m.TEACHERS):
         raise ConfigError(f"config key DISTILL.METHOD {cfg.DISTILL.METHOD!r} needs teacher {max(needed)}, "
@@ -87,6 +85,17 @@ def check_student_runs(cfg, student):
         device = next(student.parameters()).device
         raise ConfigError(f"config key DEEPSPEED.PRECISION {cfg.DEEPSPEED.PRECISION}: the student "
                           f"{cfg.MODEL.STUDENT} cannot run in it on {device.type} ({str(e).splitlines()[0]})")
+
+
+def check_steps(cfg, loader, world):
+    """A run must take an optimiser step: the training split gives `loader.batches_per_epoch` whole batches per
+    epoch and rank (the last partial batch is dropped), one step every TRAIN.GRAD_ACCUM_STEPS of them."""
+    t, batches = cfg.TRAIN, loader.batches_per_epoch
+    if batches * t.EPOCHS < t.GRAD_ACCUM_STEPS:
+        raise ConfigError(f"config keys TRAIN.BATCH_SIZE {t.BATCH_SIZE}, TRAIN.EPOCHS {t.EPOCHS} and "
+                          f"TRAIN.GRAD_ACCUM_STEPS {t.GRAD_ACCUM_STEPS}: split {loader.tracker.split!r} "
+                          f"({loader.tracker.num_videos} videos, {world} rank(s)) gives {batches} whole batch(es) "
+                          f"per epoch and rank, so the run would take no optimiser step")
 
 
 def deepspeed_config(cfg):
@@ -172,8 +181,8 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.SEED)
-        self.train_loader = build_loader(cfg, True, self.rank, self.world)
-        self.test_loader = build_loader(cfg, False, self.rank, self.world)
+        self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world)
+        check_steps(cfg, self.train_loader, self.world)
         label_sets = self.train_loader.dataset.manifest.label_sets
         self.heads = {h: len(names) for h, names in label_sets.items()}
         if cfg.MODEL.NUM_CLASSES and cfg.MODEL.NUM_CLASSES != sum(self.heads.values()):
@@ -230,7 +239,7 @@ class Trainer:
         if trained != precision:
             raise ConfigError(f"{self.checkpoints}/{manifest['tag']}: trained in {trained}, resumed with "
                               f"DEEPSPEED.PRECISION {precision}: resume it with DEEPSPEED.PRECISION {trained}")
-        _, state = self.engine.load_checkpoint(self.checkpoints, tag=manifest["tag"], load_module_strict=False)
+        state = checkpointing.load(self.engine, self.checkpoints, manifest["tag"])
         self.position, self.history, self.bad_steps = state["position"], state["history"], state["bad_steps"]
         if self.ema is not None:  # (older checkpoints hold torch's AveragedModel, with its step count)
             self.ema.load_state_dict({k: v for k, v in state["ema"].items() if k != "n_averaged"})
@@ -341,6 +350,9 @@ class Trainer:
                 self._save(m)
         names = sorted(m["sums"])
         reduced = distributed.all_reduce_sum([m["sums"][k] for k in names] + [m["count"]], self.device)
+        if not reduced[-1]:
+            raise TrainingError(f"epoch {epoch + 1}: every step was skipped (a non-finite loss, or the batch lost with "
+                                f"a loader worker): the student did not train")
         record = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0],
                   "failed_videos": self.train_loader.tracker.count, "skipped_steps": m["skipped"]}
         record.update({f"loss/{k}": v / reduced[-1] for k, v in zip(names, reduced[:-1])})

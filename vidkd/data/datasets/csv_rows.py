@@ -58,6 +58,15 @@ def to_number(value, path, line, what, kind=int):
                                           f"got {value!r}")
 
 
+def new_id(seen, sample_id, path, line):
+    """Record the id of the sample on `line` of `path` in `seen` (id -> where it was given); an AnnotationError if
+    an earlier line gave it: the ids of a manifest are unique."""
+    if sample_id in seen:
+        raise AnnotationError(path, line, f"sample id {sample_id!r} again (first at {seen[sample_id]}): ids must be "
+                                          f"unique")
+    seen[sample_id] = f"{path}:{line}"
+
+
 def class_index(index, name, path, line):
     """`index[name]` (a class name or id to its integer label), or an "unknown class" AnnotationError."""
     try:

@@ -14,7 +14,7 @@ start_frame / stop_frame count frames at 60 a second whatever the video's own ra
 import math
 import os
 
-from vidkd.data.datasets.csv_rows import read_csv_rows, to_number
+from vidkd.data.datasets.csv_rows import new_id, read_csv_rows, to_number
 from vidkd.data.manifest import Manifest, VideoRecord
 from vidkd.errors import AnnotationError
 
@@ -63,7 +63,7 @@ def parse_epic100(annotations_dir, data_root, split, use_frames=False):
     nouns = read_class_keys(os.path.join(annotations_dir, "EPIC_100_noun_classes.csv"))
     info = read_video_info(os.path.join(annotations_dir, "EPIC_100_video_info.csv"))
     path = os.path.join(annotations_dir, f"EPIC_100_{split}.csv")
-    samples, clamped = [], 0
+    samples, clamped, ids = [], 0, {}
     for line, row in read_csv_rows(path, SEGMENT_COLUMNS):
         targets = {}
         for head, keys in (("verb", verbs), ("noun", nouns)):
@@ -72,6 +72,7 @@ def parse_epic100(annotations_dir, data_root, split, use_frames=False):
                 raise AnnotationError(path, line, f"unknown class: {head}_class {y} is not an id "
                                                   f"(0..{len(keys) - 1}) of EPIC_100_{head}_classes.csv")
             targets[head] = y
+        new_id(ids, row["narration_id"], path, line)
         start = to_number(row["start_frame"], path, line, "start_frame")
         stop = to_number(row["stop_frame"], path, line, "stop_frame")
         video = row["video_id"]

@@ -6,7 +6,7 @@ Splits: `splits_dir/<class>_test_split<N>.txt` for N in 1, 2, 3, one line `<vide
 """
 import os
 
-from vidkd.data.datasets.csv_rows import read_lines
+from vidkd.data.datasets.csv_rows import new_id, read_lines
 from vidkd.data.manifest import Manifest, VideoRecord
 from vidkd.errors import AnnotationError
 
@@ -30,6 +30,7 @@ def parse_hmdb51(videos_dir, splits_dir, split_id=1):
     root = os.path.abspath(videos_dir)
     samples = {"train": [], "test": []}
     missing = {"train": [], "test": []}
+    ids = {"train": {}, "test": {}}  # the same file name in two classes' folders would give one id twice
     for label, (cls, name) in enumerate(zip(classes, split_files)):
         path = os.path.join(splits_dir, name)
         has_folder = os.path.isdir(os.path.join(root, cls))
@@ -49,8 +50,9 @@ def parse_hmdb51(videos_dir, splits_dir, split_id=1):
             seen[video] = (value, line)
             if value == "0":
                 continue
-            split, rel = SPLITS[value], f"{cls}/{video}"
-            samples[split].append(VideoRecord(id=os.path.splitext(video)[0], path=rel, targets={"label": label}))
+            split, rel, sample_id = SPLITS[value], f"{cls}/{video}", os.path.splitext(video)[0]
+            new_id(ids[split], sample_id, path, line)
+            samples[split].append(VideoRecord(id=sample_id, path=rel, targets={"label": label}))
             if not os.path.isfile(os.path.join(root, rel)):
                 missing[split].append(rel)
     manifests = {s: Manifest("hmdb51", s, root, {"label": classes}, samples[s]) for s in samples}

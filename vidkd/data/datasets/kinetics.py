@@ -8,7 +8,7 @@ file name.
 """
 import os
 
-from vidkd.data.datasets.csv_rows import class_index, read_csv_rows, read_lines, to_number
+from vidkd.data.datasets.csv_rows import class_index, new_id, read_csv_rows, read_lines, to_number
 from vidkd.data.manifest import Manifest, VideoRecord
 from vidkd.errors import AnnotationError
 
@@ -39,7 +39,7 @@ def parse_kinetics_csv(csv_path, videos_dir, classes=None, index=None):
     labels = {c: i for i, c in enumerate(classes)}
     if index is None:
         index = index_videos(videos_dir)
-    samples, missing = [], []
+    samples, missing, ids = [], [], {}
     for line, row in rows:
         label = class_index(labels, row["label"], csv_path, line)
         start = to_number(row["time_start"], csv_path, line, "time_start")
@@ -47,11 +47,13 @@ def parse_kinetics_csv(csv_path, videos_dir, classes=None, index=None):
         if not 0 <= start < end:
             raise AnnotationError(csv_path, line, f"time_start {start} and time_end {end}: need "
                                                   f"0 <= time_start < time_end")
-        name = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
+        clip = f"{row['youtube_id']}_{start:06d}_{end:06d}"
+        new_id(ids, clip, csv_path, line)
+        name = f"{clip}.mp4"
         if name not in index:
             missing.append(name)
             continue
-        samples.append(VideoRecord(id=os.path.splitext(name)[0], path=index[name], targets={"label": label}))
+        samples.append(VideoRecord(id=clip, path=index[name], targets={"label": label}))
     split_values = {row["split"] for _, row in rows}
     split = split_values.pop() if len(split_values) == 1 else os.path.splitext(os.path.basename(csv_path))[0]
     return Manifest("kinetics400", split, os.path.abspath(videos_dir), {"label": list(classes)}, samples), missing
@@ -71,13 +73,15 @@ def parse_path_label_list(list_path, root, classes):
     labels = {str(i): i for i in range(len(classes))}
     for i, c in enumerate(classes):
         labels.update({c: i, c.replace(" ", "_"): i})
-    samples = []
+    samples, ids = [], {}
     for line, text in read_lines(list_path):
         fields = text.rsplit(maxsplit=1)
         if len(fields) != 2:
             raise AnnotationError(list_path, line, f"expected '<path> <label>', got {text!r}")
         path, label = fields
-        samples.append(VideoRecord(id=os.path.splitext(os.path.basename(path))[0], path=path,
+        sample_id = os.path.splitext(os.path.basename(path))[0]
+        new_id(ids, sample_id, list_path, line)
+        samples.append(VideoRecord(id=sample_id, path=path,
                                    targets={"label": class_index(labels, label, list_path, line)}))
     split = os.path.splitext(os.path.basename(list_path))[0]
     return Manifest("kinetics400", split, os.path.abspath(root), {"label": list(classes)}, samples)
