@@ -30,10 +30,11 @@ def main(argv=None):
     for status in STATUSES:
         print(f"{status:<12}{counts[status]:>8}")
     verdicts = {path: verdict for path, _, _, verdict in results if verdict is not None}
+    instead = {"decord": "read with PyAV instead", "pyav": "decoded from their first frame instead"}
     for backend in BACKENDS:
         inexact = sorted(path for path, verdict in verdicts.items() if not verdict[backend])
         print(f"{backend}: seeking is inexact in {len(inexact)} of {len(verdicts)} videos"
-              + (f" (read from their first frame instead), e.g. {inexact[0]}" if inexact else ""))
+              + (f" ({instead[backend]}), e.g. {inexact[0]}" if inexact else ""))
     print(f"seek index: {index_path(args.manifest)}")
     bad = [r for r in results if r[1] != "ok"]
     report = args.report or os.path.splitext(args.manifest)[0] + "_bad_videos.tsv"

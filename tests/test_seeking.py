@@ -149,7 +149,7 @@ def test_check_video_on_the_real_samples():
     status, detail, verdict = check_video(os.path.join(SHARED_VIDEOS, "tree.avi"))
     assert (status, detail, verdict) == ("ok", "68 frames", {"decord": True, "pyav": True})  # 376 zero-length repeat chunks of its index are no lost frames
     status, detail, _ = check_video(os.path.join(SHARED_VIDEOS, "Megamind.avi"))
-    assert status == "ok" and detail == "270 frames; seeking inexact with decord and pyav: read from the first frame"
+    assert status == "ok" and detail == "270 frames; seeking inexact with decord and pyav: PyAV decodes it from the first frame"
 
 
 def test_an_avi_with_repeat_chunks_is_not_truncated(tmp_path):

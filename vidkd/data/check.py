@@ -65,8 +65,9 @@ def _decode_all(path):
         return "truncated", f"{decoded} frames decode, the container reports {max(counts)}", None
     failed = [n for n in reported if not isinstance(n, int)]  # one backend failed: still readable
     inexact = [b for b in BACKENDS if not verdict[b]]
+    action = "PyAV reads it" if verdict["pyav"] else "PyAV decodes it from the first frame"
     return "ok", f"{decoded} frames" + (f" ({'; '.join(failed)})" if failed else "") + (
-        f"; seeking inexact with {' and '.join(inexact)}: read from the first frame" if inexact else ""), verdict
+        f"; seeking inexact with {' and '.join(inexact)}: {action}" if inexact else ""), verdict
 
 
 def avi_repeat_chunks(path, stream_index):
