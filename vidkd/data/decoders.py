@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vidkd.data.seeking import BACKENDS, seeks_exactly
+from vidkd.data.seeking import BACKENDS, file_key, seeks_exactly
 from vidkd.errors import DecodeError, DecodeTimeout
 
 
@@ -56,7 +56,7 @@ class PyAVReader:
 
     def __init__(self, path, threads=1, seek=True):
         self.path, self._threads, self._seek = path, threads, seek
-        self._container, self._frames, self._next = None, None, 0  # _frames: a sequential decode, at frame _next
+        self._container, self._frames, self.decoded, self.error = None, None, 0, ""  # _frames: a decode at `decoded`
         self._open()
         pts = [p.pts for p in self._container.demux(self._stream) if p.size > 0]
         self._pts = sorted(pts) if None not in pts else None  # None: the container has no timestamps
@@ -78,10 +78,10 @@ class PyAVReader:
     def get_frames(self, indices):
         indices = [int(i) for i in indices]
         if self._pts is None or not self._seek:
-            decoded = self._decode_sequential(set(indices))
+            got = self.decode_forward(set(indices))
         else:
-            decoded = self._decode_seek(sorted(set(indices)))
-        return torch.from_numpy(_fill_from_decodable(self.path, indices, decoded.get))
+            got = self._decode_seek(sorted(set(indices)))
+        return torch.from_numpy(_fill_from_decodable(self.path, indices, got.get))
 
     def _decode_seek(self, wanted):
         """Seek to the keyframe before the first wanted frame, decode forward to the last one. Frames that
@@ -99,26 +99,37 @@ class PyAVReader:
                 if frame.pts is None:
                     continue
                 if not out and frame.pts > first:  # the seek overshot: start again from the beginning
-                    return self._decode_sequential(set(wanted))
+                    return self.decode_forward(set(wanted))
                 if frame.pts in targets:
                     out[targets[frame.pts]] = frame.to_ndarray(format="rgb24")
                 if frame.pts >= last:
                     return out
-        return out or self._decode_sequential(set(wanted))  # nothing after the seek: some containers (MPEG-TS)
+        return out or self.decode_forward(set(wanted))  # nothing after the seek: some containers (MPEG-TS)
 
-    def _decode_sequential(self, wanted):
+    def decode_forward(self, wanted, last=None):
         """Frames of `wanted` (a set of indices), decoded forward from the first frame and counted (containers
-        without timestamps, or that seek badly). The decode goes on from where the last call left it unless a
-        wanted frame lies before that, so a video read chunk by chunk (read_chunks) is decoded once."""
-        if self._frames is None or min(wanted) < self._next:
+        without timestamps, or that seek badly), up to frame `last` (default: the last wanted). The decode goes on
+        from where the last call left it unless a wanted frame lies before that, so a video read chunk by chunk
+        (read_chunks) is decoded once. A decoding error ends the video there (a broken tail: the frames before it
+        are the file's frames); `decoded` counts the frames decoded so far and `error` says what stopped them."""
+        import av
+
+        if self._frames is None or min(wanted, default=0) < self.decoded:
             self._open()
             self._stream.codec_context.skip_frame = "DEFAULT"
-            self._frames, self._next = self._container.decode(self._stream), 0
-        out, last = {}, max(wanted)
-        while self._next <= last and (frame := next(self._frames, None)) is not None:
-            if self._next in wanted:
-                out[self._next] = frame.to_ndarray(format="rgb24")
-            self._next += 1
+            self._frames, self.decoded, self.error = self._container.decode(self._stream), 0, ""
+        out, last = {}, max(wanted) if last is None else last
+        while self.decoded <= last:
+            try:
+                frame = next(self._frames, None)
+            except av.FFmpegError as e:
+                self._frames, self.error = iter(()), f"{type(e).__name__}: {e}"
+                frame = None
+            if frame is None:
+                break
+            if self.decoded in wanted:
+                out[self.decoded] = frame.to_ndarray(format="rgb24")
+            self.decoded += 1
         return out
 
 
@@ -163,14 +174,10 @@ def _with_fallback(path, backend, threads, use, index):
     """`use(reader)` with `backend`; any failure (open or decode) is retried with the other backend. Where decord's
     seeking in `path` is inexact (`index`: a manifest's seek index, or None) it is passed over; where PyAV's is,
     PyAV decodes from the first frame."""
-    if not os.path.isfile(path):
-        raise DecodeError(path, "file not found")
-    if os.path.getsize(path) == 0:
-        raise DecodeError(path, "zero-length file")
-    errors = []
+    key, errors = file_key(path), []
     for name in (backend,) + tuple(b for b in BACKENDS if b != backend):
         try:
-            exact = seeks_exactly(path, name, index)
+            exact = seeks_exactly(key, name, index)
             if name == "decord" and not exact:
                 errors.append("decord: seeking inexact in this file, not used")
                 continue

@@ -19,6 +19,7 @@ for the decord and PyAV versions that made it). A file in neither is probed on f
 """
 import json
 import os
+import stat
 
 import numpy as np
 
@@ -28,11 +29,20 @@ BACKENDS = ("decord", "pyav")
 PREFIX_FRAMES = 600  # frames probed on first use of a file that no seek index lists
 WINDOWS = 6  # probe windows per file, each read as a training clip is: 4 indices 2 apart
 
-_known = {}  # (path, size, mtime in ns) -> {"decord": bool, "pyav": bool}
+_known = {}  # file_key -> {"decord": bool, "pyav": bool}
 
 
 def file_key(path):
-    st = os.stat(path)
+    """`(absolute path, size, mtime in ns)` of a video file, the one `os.stat` of a read; DecodeError where there is
+    no such file or it is empty."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise DecodeError(path, "file not found")
+    if st.st_size == 0:
+        raise DecodeError(path, "zero-length file")
     return os.path.abspath(path), st.st_size, st.st_mtime_ns
 
 
@@ -43,10 +53,11 @@ def decoder_versions():
     return {"decord": decord.__version__, "av": av.__version__}
 
 
-def seeks_exactly(path, backend, index=None):
-    """Whether `backend`'s seeking path returns the sequential decode's frames in `path`: from this process's
-    memory, else `index` (a seek index's `videos`, keyed by absolute path), else a probe of the file's start."""
-    key = file_key(path)
+def seeks_exactly(key, backend, index=None):
+    """Whether `backend`'s seeking path returns the sequential decode's frames in the file of `key` (`file_key`):
+    from this process's memory, else `index` (a seek index's `videos`, keyed by absolute path), else a probe of the
+    file's start."""
+    path = key[0]
     if key not in _known:
         entry = (index or {}).get(key[0])
         if entry is not None and (entry["size"], entry["mtime"]) == key[1:]:
@@ -69,11 +80,14 @@ def probe(path, limit=None):
     the error that ended it early ("" if none). Windows are placed by the packet count, so one decode does."""
     from vidkd.data.decoders import DecordReader, PyAVReader
 
-    pyav = PyAVReader(path)  # its reads keep no state between calls: one reader does for every window
+    pyav = PyAVReader(path)  # its seeking reads keep no state between calls: one reader does for every window
     starts = np.linspace(0, max(min(pyav.num_frames, limit or np.inf) - 7, 0), WINDOWS).astype(int).tolist()
-    n, truth, error = _sequential(path, limit, {s + 2 * k for s in starts for k in range(4)})
+    truth = pyav.decode_forward({s + 2 * k for s in starts for k in range(4)}, (limit or np.inf) - 1)
+    n = pyav.decoded
+    if not n:
+        raise DecodeError(path, "no frame decodes" + (f" ({pyav.error})" if pyav.error else ""))
     windows = [w for w in ([s + 2 * k for k in range(4) if s + 2 * k < n] for s in starts) if w]
-    verdict = {"frames": n, "error": error}
+    verdict = {"frames": n, "error": pyav.error}
     for name, new_reader in (("decord", lambda: DecordReader(path)), ("pyav", lambda: pyav)):
         try:
             shared = new_reader()  # one reader for every window in turn (as read_chunks reads), and a new one each
@@ -85,27 +99,6 @@ def probe(path, limit=None):
         except Exception:  # the backend cannot read the file at all: the readers fall back to the other one
             verdict[name] = False
     return verdict
-
-
-def _sequential(path, limit, keep):
-    """One sequential PyAV decode (up to `limit` frames): the frame count, the frames of the indices in `keep`,
-    and the error that stopped it early ("" if none)."""
-    import av
-
-    frames, n, error = {}, 0, ""
-    try:
-        with av.open(path) as container:
-            for frame in container.decode(video=0):
-                if n in keep:
-                    frames[n] = frame.to_ndarray(format="rgb24")
-                n += 1
-                if n == limit:
-                    break
-    except av.FFmpegError as e:  # a broken tail: the frames before it are the file's frames
-        error = f"{type(e).__name__}: {e}"
-    if not n:
-        raise DecodeError(path, "no frame decodes" + (f" ({error})" if error else ""))
-    return n, frames, error
 
 
 def index_path(manifest_path):
