@@ -213,6 +213,9 @@ def _replica_worker(rank, world, port, out_dir):
             distributed.check_replicas(model, device, "student")
         except RuntimeError as e:
             result["differs_after"] = str(e)
+        # rank 0's text reaches every rank, whatever the others pass: non-ASCII, empty, and None
+        result["texts"] = [distributed.broadcast_text(t if rank == 0 else "other", device)
+                           for t in ("shard0.npy does not match: é", "", None)]
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
     finally:
@@ -231,3 +234,4 @@ def test_replica_check_and_batchnorm_averaging_across_two_processes(tmp_path):
         # one changed weight on one rank fails the check on every rank
         assert "different students" in r["differs_after"] and "2.weight (ranks [1])" in r["differs_after"]
     assert results[0]["checksum"] == results[1]["checksum"]
+    assert results[0]["texts"] == results[1]["texts"] == ["shard0.npy does not match: é", "", None]

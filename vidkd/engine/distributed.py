@@ -109,6 +109,21 @@ def barrier():
         torch.distributed.barrier()
 
 
+def broadcast_text(text, device):
+    """Rank 0's `text` (a str or None) on every rank; other ranks' `text` is ignored. Sent as UTF-8 bytes in a
+    tensor, never as a pickle."""
+    if _world() == 1:
+        return text
+    data = torch.tensor(list(text.encode()) if rank() == 0 and text is not None else [], dtype=torch.uint8)
+    size = torch.tensor([len(data) if rank() == 0 and text is not None else -1], dtype=torch.int64, device=device)
+    torch.distributed.broadcast(size, 0)
+    if size.item() < 0:
+        return None
+    buffer = data.to(device) if rank() == 0 else torch.empty(size.item(), dtype=torch.uint8, device=device)
+    torch.distributed.broadcast(buffer, 0)
+    return bytes(buffer.cpu().tolist()).decode()
+
+
 def all_gather_floats(values, device):
     """Every rank's list of floats (each rank passes as many): a list of `world_size` lists, rank order."""
     t = torch.tensor(values, dtype=torch.float64, device=device)

@@ -230,10 +230,10 @@ def prepare(cfg, distiller, dataset, device, rank, world):
     """The cache for this config, its files checked against their checksums (DISTILL.CACHE auto: built if
     missing, rebuilt if damaged; require: ConfigError if missing or damaged)."""
     folder = cache_folder(cfg, cache_spec(cfg, dataset.manifest, device))
-    present = os.path.exists(folder)
-    problem = damage(folder) if present else None
-    distributed.barrier()  # every rank has checked the cache before rank 0 deletes or fills one
-    if not present or problem:
+    problem = (damage(folder) if os.path.exists(folder) else "") if rank == 0 else None  # "": no cache yet
+    problem = distributed.broadcast_text(problem, device)  # rank 0 reads the shards once; every rank acts on it
+    distributed.barrier()  # every rank has its verdict before rank 0 deletes or fills a cache
+    if problem is not None:
         if cfg.DISTILL.CACHE == "require":
             found = (f"the teacher cache for this config is damaged: {problem}" if problem
                      else f"no teacher cache for this config at {folder}")
