@@ -34,12 +34,15 @@ def main(argv=None):
         write_manifests(args.out, [parse_path_label_list(f, args.videos, classes) for f in args.list])
         return
     index = index_videos(args.videos)
-    train, train_missing = parse_kinetics_csv(args.train_csv, args.videos, index=index)
-    manifests, missing = [train], {train.split: train_missing}
-    for csv_path in args.csv:
-        m, lost = parse_kinetics_csv(csv_path, args.videos, train.label_sets["label"], index=index)
-        manifests.append(m)
+    manifests, missing, classes = [], {}, None
+    for csv_path in [args.train_csv, *args.csv]:
+        m, lost, repeated = parse_kinetics_csv(csv_path, args.videos, classes, index=index)
         missing[m.split] = lost
+        classes = m.label_sets["label"]  # the train CSV's classes for every split
+        manifests.append(m)
+        if repeated:
+            print(f"{csv_path}: {len(repeated)} rows repeat an earlier row's clip and label, each kept once "
+                  f"(lines {', '.join(map(str, repeated[:10]))}{', ...' if len(repeated) > 10 else ''})")
     write_manifests(args.out, manifests, missing)
 
 

@@ -121,22 +121,33 @@ def make_kinetics(tmp_path, layout):
 @pytest.mark.parametrize("layout", ["flat", "folders"])
 def test_kinetics_csv(tmp_path, layout):
     csv_path, videos = make_kinetics(tmp_path, layout)
-    m, missing = parse_kinetics_csv(csv_path, videos)
+    m, missing, repeated = parse_kinetics_csv(csv_path, videos)
     assert m.label_sets == {"label": ["abseiling", "air drumming", "zumba"]}
     assert [(r.id, r.targets["label"]) for r in m.samples] == [
         ("zz1_000000_000010", 2), ("ad1_000005_000015", 1), ("ab1_000100_000110", 0)]
     folder = "air_drumming/" if layout == "folders" else ""
     assert m.samples[1].path == f"{folder}ad1_000005_000015.mp4"
     assert os.path.isfile(m.abspath(m.samples[1]))
-    assert missing == ["zz2_000030_000040.mp4"]
+    assert missing == ["zz2_000030_000040.mp4"] and repeated == []
     assert (m.dataset, m.split) == ("kinetics400", "train")
+
+
+def test_kinetics_csv_rows_repeating_a_clip_and_its_label_are_kept_once(tmp_path):
+    _, videos = make_kinetics(tmp_path, "flat")
+    csv_path = write(tmp_path / "train.csv", K_HEADER + "".join(K_ROWS[:2] + [K_ROWS[0], K_ROWS[1], K_ROWS[0]]))
+    m, _, repeated = parse_kinetics_csv(csv_path, videos)
+    assert [r.id for r in m.samples] == ["zz1_000000_000010", "ad1_000005_000015"] and repeated == [4, 5, 6]
+    run = run_script("prepare_kinetics.py", "--train-csv", csv_path, "--videos", videos, "--out", tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    assert f"{csv_path}: 3 rows repeat an earlier row's clip and label, each kept once (lines 4, 5, 6)" in run.stdout
+    assert "train: 2 samples" in run.stdout
 
 
 def test_kinetics_csv_given_classes_and_split_from_stem(tmp_path):
     _, videos = make_kinetics(tmp_path, "flat")
     csv_path = write(tmp_path / "val.csv", "label,youtube_id,time_start,time_end,split\n"
                                           "zumba,zz1,0,10,val\nabseiling,ab1,100,110,test\n")
-    m, missing = parse_kinetics_csv(csv_path, videos, classes=["abseiling", "jumping", "zumba"])
+    m, missing, _ = parse_kinetics_csv(csv_path, videos, classes=["abseiling", "jumping", "zumba"])
     assert [r.targets["label"] for r in m.samples] == [2, 0] and m.split == "val" and not missing
     assert m.label_sets["label"] == ["abseiling", "jumping", "zumba"]
 
@@ -147,7 +158,8 @@ def test_kinetics_csv_given_classes_and_split_from_stem(tmp_path):
     ([K_HEADER, K_ROWS[0], K_ROWS[1], "zumba,zz3,0,ten,train,0\n"], 4, "time_end must be an integer"),
     ([K_HEADER, "\n", "dancing,zz3,0,10,train,0\n"], 3, "unknown class 'dancing'"),
     ([K_HEADER, "zumba,zz3,-10,0,train,0\n"], 2, "need 0 <= time_start < time_end"),
-    ([K_HEADER, K_ROWS[0], "zumba,zz1,0,10,val,0\n"], 3, "sample id 'zz1_000000_000010' again (first at "),
+    ([K_HEADER, K_ROWS[0], "\"air drumming\",zz1,0,10,val,0\n"], 3,
+     "sample id 'zz1_000000_000010' again (first at "),  # the same clip with another label
 ])
 def test_kinetics_csv_errors(tmp_path, lines, line, match):
     csv_path = write(tmp_path / "k.csv", "".join(lines))

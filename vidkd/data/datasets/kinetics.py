@@ -27,7 +27,9 @@ def index_videos(videos_dir):
 
 
 def parse_kinetics_csv(csv_path, videos_dir, classes=None, index=None):
-    """Return `(Manifest, missing)` for one official CSV; `missing` lists clip file names not found.
+    """Return `(Manifest, missing, repeated)` for one official CSV; `missing` lists clip file names not found,
+    `repeated` the lines that repeat an earlier line's clip and label (dropped: the clip is in the manifest once).
+    A clip given again with another label is an AnnotationError naming both lines.
 
     `classes`: the class list (e.g. the train CSV's); default: the sorted labels of this CSV.
     `index`: `index_videos(videos_dir)`, to walk the folder once for several CSVs.
@@ -39,7 +41,7 @@ def parse_kinetics_csv(csv_path, videos_dir, classes=None, index=None):
     labels = {c: i for i, c in enumerate(classes)}
     if index is None:
         index = index_videos(videos_dir)
-    samples, missing, ids = [], [], {}
+    samples, missing, repeated, ids, label_of = [], [], [], {}, {}
     for line, row in rows:
         label = class_index(labels, row["label"], csv_path, line)
         start = to_number(row["time_start"], csv_path, line, "time_start")
@@ -48,7 +50,11 @@ def parse_kinetics_csv(csv_path, videos_dir, classes=None, index=None):
             raise AnnotationError(csv_path, line, f"time_start {start} and time_end {end}: need "
                                                   f"0 <= time_start < time_end")
         clip = f"{row['youtube_id']}_{start:06d}_{end:06d}"
-        new_id(ids, clip, csv_path, line)
+        if label_of.get(clip) == label:  # an earlier line's clip and label again
+            repeated.append(line)
+            continue
+        new_id(ids, clip, csv_path, line)  # the clip again with another label: an error naming both lines
+        label_of[clip] = label
         name = f"{clip}.mp4"
         if name not in index:
             missing.append(name)
@@ -56,7 +62,7 @@ def parse_kinetics_csv(csv_path, videos_dir, classes=None, index=None):
         samples.append(VideoRecord(id=clip, path=index[name], targets={"label": label}))
     split_values = {row["split"] for _, row in rows}
     split = split_values.pop() if len(split_values) == 1 else os.path.splitext(os.path.basename(csv_path))[0]
-    return Manifest("kinetics400", split, os.path.abspath(videos_dir), {"label": list(classes)}, samples), missing
+    return Manifest("kinetics400", split, os.path.abspath(videos_dir), {"label": list(classes)}, samples), missing, repeated
 
 
 def read_classes(path):
