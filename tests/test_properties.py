@@ -16,6 +16,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from conftest import launch, records
 from test_datasets import E_HEADER, K_HEADER, make_epic, make_hmdb
 
 from vidkd.config import BASE_KEY, load_config
@@ -252,6 +253,110 @@ def test_values_across_the_rules_pass_or_are_refused_naming_the_key_and_its_line
         assert yaml_lines(text)[found[2]] == int(found[1]), str(result)
     else:
         assert not [k for k in values if k in ABSURD and ABSURD[k](_value(result, k))], values
+
+
+# Training runs: a drawn config and manifest trains a step or is refused before anything runs.
+# Each key's values lie inside, at and past its rule's bounds, small enough that a run takes seconds.
+TRAIN_DRAWS = {
+    "TRAIN.BATCH_SIZE": [-1, 0, 1, 3, 16, 17], "TEST.BATCH_SIZE": [-1, 0, 3, 100], "TRAIN.EPOCHS": [-1, 0, 1],
+    "DATA.NUM_FRAMES": [-1, 0, 1, 8, 10**6], "DATA.TRAIN_CROP_SIZE": [-5, 0, 1, 48, 10**5],
+    "DATA.TEST_CROP_SIZE": [0, 1, 48], "DATA.SAMPLING_RATE": [-1, 0, 3, 1000],
+    "DATA.TRAIN_CROP_SCALE": [[], [0.5], [0.9, 0.1], [0.0, 1.0], [0.2, 1.0], [0.5, 1.5], [math.nan, 1.0]],
+    "DATA.MEAN": [[0.5], [], [0.4, 0.4, 0.4], [math.nan, 0.0, 0.0]],
+    "DATA.STD": [[0.0, 1.0, 1.0], [1e-9, 1.0, 1.0], [0.2, 0.2, 0.2], [-1.0, 1.0, 1.0], [math.inf, 1.0, 1.0]],
+    "DATA.NUM_WORKERS": [-1, 0, 1], "DATA.PREFETCH_FACTOR": [0, 1], "DATA.MAX_FAIL_FRACTION": [-0.1, 0.0, 1.5],
+    "SEED": [-1, 7, 2**32, 2**76], "TRAIN.GRAD_ACCUM_STEPS": [0, 2, 5, 17], "TRAIN.EVAL_PERIOD": [0, 2],
+    "TRAIN.CHECKPOINT_PERIOD": [0, 2], "TEST.NUM_CLIPS": [-1, 0, 2], "MODEL.NUM_CLASSES": [-1, 8, 9],
+    "SOLVER.BASE_LR": [-1.0, 0.0, 1e30, math.nan], "DEEPSPEED.PRECISION": ["bf16", "fp16", "fp64"],
+    "DISTILL.METHOD": ["ce", "kd", "dkd", "fitnet", "rkd", "ofa", "dual_teacher"],
+    "DISTILL.TEMPERATURE": [-1.0, 0.0, 1e-9, math.inf, math.nan], "DISTILL.SDD_DIM": [-1, 0, 8],
+    "DISTILL.CACHE": ["auto", "require"], "DISTILL.CACHE_VIEWS": [0, 2, 10**9],
+}
+# One change to a manifest: (split, what): an empty split, a repeated id, a frame range, an fps, a label.
+MANIFEST_EDITS = [None, ("train", "empty"), ("test", "empty"), ("train", "repeat"), ("train", "start_frame", 9),
+                  ("train", "start_frame", -1), ("train", "start_frame", 10**6), ("test", "fps", -1.0),
+                  ("test", "fps", math.nan), ("train", "label", 8), ("test", "names", "a")]
+TINY = {"DATA.NUM_FRAMES": 2, "DATA.TRAIN_CROP_SIZE": 32, "DATA.TEST_SHORT_SIDE": 32, "DATA.TEST_CROP_SIZE": 32,
+        "DATA.NUM_WORKERS": 0, "TRAIN.BATCH_SIZE": 4, "TRAIN.EPOCHS": 1, "TEST.NUM_CLIPS": 1, "TEST.NUM_CROPS": 1,
+        "MODEL.STUDENT": "c3d_tiny", "MODEL.TEACHERS": ["c3d_tiny", "c3d_tiny"], "DEEPSPEED.PRECISION": "fp32"}
+
+
+@st.composite
+def training_draws(draw):
+    """(config {dotted key: value} over TINY's tiny run, drawn keys, a MANIFEST_EDITS entry)."""
+    keys = draw(st.lists(st.sampled_from(sorted(TRAIN_DRAWS)), min_size=0, max_size=3, unique=True))
+    drawn = {k: draw(st.sampled_from(TRAIN_DRAWS[k])) for k in keys}
+    return {**TINY, **drawn}, set(drawn), draw(st.sampled_from(MANIFEST_EDITS))
+
+
+def edit_manifests(source, target, edit):
+    """Copy the manifests of `source` to `target`, `edit` applied (see MANIFEST_EDITS)."""
+    os.makedirs(target)
+    for split in ("train", "test"):
+        with open(os.path.join(source, f"{split}.json")) as f:
+            m = json.load(f)
+        if edit and edit[0] == split:
+            what, sample = edit[1], m["samples"][1]
+            if what == "empty":
+                m["samples"] = []
+            elif what == "repeat":
+                sample["id"] = m["samples"][0]["id"]
+            elif what == "label":
+                sample["targets"]["label"] = edit[2]
+            elif what == "names":
+                m["label_sets"]["label"][0] = edit[2]
+            else:
+                sample[what] = edit[2]
+        with open(os.path.join(target, f"{split}.json"), "w") as f:
+            json.dump(m, f)
+
+
+def edited_path(manifests, edit):
+    """The video of the sample that `edit` changed (the second of its split)."""
+    m = Manifest.load(str(manifests / f"{edit[0]}.json"))
+    return m.abspath(m.samples[1])
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(training_draws(), min_size=8, max_size=8))
+@example([({**TINY, "DISTILL.METHOD": "kd", "DISTILL.TEMPERATURE": 1e-9}, {"DISTILL.TEMPERATURE"}, None),
+          ({**TINY, "DATA.STD": [1e-9, 1.0, 1.0]}, {"DATA.STD"}, None),
+          (TINY, set(), ("train", "start_frame", 10**6)), (TINY, set(), ("test", "names", "a")),
+          ({**TINY, "TRAIN.BATCH_SIZE": 17}, {"TRAIN.BATCH_SIZE"}, None),
+          ({**TINY, "SOLVER.BASE_LR": 1e30}, {"SOLVER.BASE_LR"}, None)])
+def test_drawn_configs_and_manifests_train_a_step_or_are_refused_at_load(dataset, draws):
+    """Every draw, run by tools/train_net.py's main (several in one process), either trains (each of its steps a
+    finite loss, at least one optimiser step, a test top-1) or stops with one VidkdError naming a drawn key or the
+    edited manifest, before any step runs; never a traceback."""
+    with folder() as d:
+        runs = []
+        for i, (values, _, edit) in enumerate(draws):
+            edit_manifests(str(dataset / "manifests"), str(d / f"m{i}"), edit)
+            data = {"OUTPUT_DIR": str(d / f"run{i}"), "DATA": {"MANIFEST_DIR": str(d / f"m{i}")}}
+            for dotted, value in values.items():
+                *group, key = dotted.split(".")
+                (data.setdefault(group[0], {}) if group else data)[key] = value
+            write_bytes(d / f"c{i}.yaml", yaml.safe_dump(data).encode())
+            runs.append(["train_net", "--config", str(d / f"c{i}.yaml"), "--resume", "none"])
+        (d / "runs.json").write_text(json.dumps(runs))
+        proc = launch(["tests/train_many.py", str(d / "runs.json"), "--outcomes", str(d / "out.json")])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads((d / "out.json").read_text())
+        for i, ((values, drawn, edit), result) in enumerate(zip(draws, results)):
+            where = f"draw {i}: {values} {edit}: {result}"
+            assert "traceback" not in result, where
+            if "error" in result:
+                named = "config key" in result["message"] and [k for k in drawn if k in result["message"]]
+                names_manifest = edit and re.search(rf"m{i}/{edit[0]}\.json", result["message"])
+                past_the_end = (edit and edit[1:] == ("start_frame", 10**6) and result["error"] == "DataError"
+                                and f"{edited_path(d / f'm{i}', edit)}: cannot decode" in result["message"])
+                assert named or names_manifest or past_the_end, where  # a start past the end shows at decoding
+                run = d / f"run{i}"
+                assert not (run / "metrics.jsonl").exists() or not records(str(run)), where  # no epoch trained
+            else:
+                history = records(str(d / f"run{i}"))
+                assert history and all(math.isfinite(r["loss/total"]) for r in history), where
+                assert 0 <= history[-1]["test/top1"] <= 100, where
 
 
 # annotation files --------------------------------------------------------------------------------------

@@ -3,11 +3,20 @@ after the other, as `tools/<tool>.py ARGS` would run them: saves a process start
 per run in the tests.
 
     python tests/train_many.py RUNS.json        # RUNS.json: [["train_net", ARG, ...], ["cache_teachers", ...], ...]
+    python tests/train_many.py RUNS.json --outcomes OUT.json
+
+Without --outcomes the first run that fails ends the process. With it every run is tried, and OUT.json gets one
+entry per run: {"status": 0}, {"error": "ConfigError", "message": ...} for a VidkdError (what `vidkd.cli.run`
+prints in one line), or {"traceback": ...} for any other exception.
 """
+import argparse
 import importlib.util
 import json
 import os
 import sys
+import traceback
+
+from vidkd.errors import VidkdError
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
@@ -19,11 +28,29 @@ def tool(name):
     return module.main
 
 
+def outcome(name, args):
+    try:
+        return {"status": tool(name)(args) or 0}
+    except VidkdError as e:
+        return {"error": type(e).__name__, "message": str(e)}
+    except Exception:
+        return {"traceback": traceback.format_exc()}
+
+
 if __name__ == "__main__":
-    with open(sys.argv[-1]) as f:  # the deepspeed launcher puts --local_rank=N first
+    p = argparse.ArgumentParser()
+    p.add_argument("runs")
+    p.add_argument("--outcomes")
+    p.add_argument("--local_rank", help=argparse.SUPPRESS)  # the deepspeed launcher's
+    args = p.parse_args()
+    with open(args.runs) as f:
         runs = json.load(f)
-    for name, *args in runs:
-        print(f"=== {name} {' '.join(args)}", flush=True)
-        status = tool(name)(args)
-        if status:
+    results = []
+    for name, *run_args in runs:
+        print(f"=== {name} {' '.join(run_args)}", flush=True)
+        if args.outcomes:
+            results.append(outcome(name, run_args))
+            with open(args.outcomes, "w") as f:
+                json.dump(results, f)
+        elif status := tool(name)(run_args):
             sys.exit(status)
