@@ -361,3 +361,13 @@ def test_a_read_only_checkpoint_folder_falls_back_and_says_it_cannot_save(datase
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "cannot write checkpoint" in run.stderr
     assert f"kept: {copy / 'checkpoints' / 'epoch_0001_batch_000006'}" in run.stderr
+
+
+def test_the_input_audit_holds_on_every_attack(tmp_path):
+    """tools/audit_inputs.py: 141 crafted pickles, tampered run folders, damaged caches, absurd configs and bad
+    manifests given to the tools; each must be refused naming what is wrong, or repaired, with no code run."""
+    proc = launch(["tools/audit_inputs.py", "--work", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    table = {row.split()[0]: row.split()[-3:] for row in proc.stdout.splitlines() if re.match(r"\w.* \d+ +\d+ +\d+$", row)}
+    assert table["all"] == ["141", "141", "0"], proc.stdout[-3000:]
+    assert not list((tmp_path / "markers").iterdir())  # no payload ran

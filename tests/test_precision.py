@@ -4,7 +4,7 @@ the teacher-output cache filled (by tools/cache_teachers.py and by training) and
 fp16 goes as far as the CPU allows: DeepSpeed's CPU accelerator has none, so its loss scaling is untested here
 (README); the methods' fp16 forward and backward are.
 
-Every run is tools/train_net.py's (or tools/cache_teachers.py's) main, several per process (tests/train_many.py).
+Every run is tools/train_net.py's (or tools/cache_teachers.py's) main, several per process (tools/run_many.py).
 """
 import json
 import math
@@ -55,7 +55,7 @@ def plan(tmp_path, dataset, extra):
 def run_all(tmp_path, runs, ranks):
     path = tmp_path / "runs.json"
     path.write_text(json.dumps(runs))
-    return ok(launch(["tests/train_many.py", str(path)], ranks=ranks, threads=None if ranks > 1 else "1"))
+    return ok(launch(["tools/run_many.py", str(path)], ranks=ranks, threads=None if ranks > 1 else "1"))
 
 
 def check_runs(tmp_path, names, proc, dtype):

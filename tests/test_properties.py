@@ -339,7 +339,7 @@ def test_drawn_configs_and_manifests_train_a_step_or_are_refused_at_load(dataset
             write_bytes(d / f"c{i}.yaml", yaml.safe_dump(data).encode())
             runs.append(["train_net", "--config", str(d / f"c{i}.yaml"), "--resume", "none"])
         (d / "runs.json").write_text(json.dumps(runs))
-        proc = launch(["tests/train_many.py", str(d / "runs.json"), "--outcomes", str(d / "out.json")])
+        proc = launch(["tools/run_many.py", str(d / "runs.json"), "--outcomes", str(d / "out.json")])
         assert proc.returncode == 0, proc.stderr[-3000:]
         results = json.loads((d / "out.json").read_text())
         for i, ((values, drawn, edit), result) in enumerate(zip(draws, results)):

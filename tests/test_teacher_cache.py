@@ -312,7 +312,7 @@ def test_a_fill_killed_on_1_then_2_then_1_ranks_gives_the_rows_of_a_fresh_fill(d
     runs.write_text(json.dumps([["cache_teachers", "--config", path, *more, *fresh],
                                 ["train_net", "--config", path, *more, *fresh, "DISTILL.CACHE", "require",
                                  "TRAIN.EPOCHS", "1"]]))
-    two = ok(launch(["tests/train_many.py", str(runs)], ranks=2))
+    two = ok(launch(["tools/run_many.py", str(runs)], ranks=2))
     (other,) = (tmp_path / "fresh").iterdir()
     assert other.name == os.path.basename(folder)  # the key does not depend on the number of ranks
     assert two.stdout.count("teacher cache: ") == 1 and f"teacher outputs from the cache {other}" in two.stderr

@@ -100,7 +100,7 @@ def check(path, exported, model, shape, tolerance):
         raise ExportError(f"{path}: logits differ from the eager model's by {diff:.3g} (> --tolerance {tolerance:g})")
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", required=True, help="the student's weights file (training's OUTPUT_DIR/student.pt)")
@@ -108,7 +108,7 @@ def main():
     p.add_argument("--runs", type=int, default=10, help="timed forwards per latency figure, after 3 warm-up ones")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest |exported - eager| logit difference")
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     model = load_student(cfg, args.checkpoint)
 

@@ -43,7 +43,7 @@ def distillation_cost(cfg, results):
     return dict(teachers_forward=teachers, student_forward_backward=student, total=total, ratio=total / student)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--models", nargs="+", help="registered model names (default: teachers and student)")
@@ -53,7 +53,7 @@ def main():
     parser.add_argument("--size", type=int)
     parser.add_argument("--json")
     parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
 
     names = args.models or list(dict.fromkeys([*cfg.MODEL.TEACHERS, cfg.MODEL.STUDENT]))

@@ -1,9 +1,9 @@
-"""Several runs of vidkd's tools in one process (1 process, or each rank under the deepspeed launcher), one
+"""Several runs of vidkd's tools in one process (tools/ or data_prep/; 1 process, or each rank under the deepspeed launcher), one
 after the other, as `tools/<tool>.py ARGS` would run them: saves a process start (imports, DeepSpeed's set-up)
 per run in the tests.
 
-    python tests/train_many.py RUNS.json        # RUNS.json: [["train_net", ARG, ...], ["cache_teachers", ...], ...]
-    python tests/train_many.py RUNS.json --outcomes OUT.json
+    python tools/run_many.py RUNS.json        # RUNS.json: [["train_net", ARG, ...], ["cache_teachers", ...], ...]
+    python tools/run_many.py RUNS.json --outcomes OUT.json
 
 Without --outcomes the first run that fails ends the process. With it every run is tried, and OUT.json gets one
 entry per run: {"status": 0}, {"error": "ConfigError", "message": ...} for a VidkdError (what `vidkd.cli.run`
@@ -18,11 +18,16 @@ import traceback
 
 from vidkd.errors import VidkdError
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+FOLDERS = (TOOLS, os.path.join(os.path.dirname(TOOLS), "data_prep"))
 
 
 def tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
+    """The `main` of tools/<name>.py (or data_prep/<name>.py)."""
+    path = next((p for p in (os.path.join(f, f"{name}.py") for f in FOLDERS) if os.path.isfile(p)), None)
+    if path is None:
+        raise SystemExit(f"no tool {name!r} in {' or '.join(FOLDERS)}")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
