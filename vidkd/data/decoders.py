@@ -91,19 +91,24 @@ class PyAVReader:
             return {}
         self._frames = None  # the container moves: a sequential decode cannot go on
         first, last = min(targets), max(targets)
+        import av
+
         self._container.seek(first, stream=self._stream, backward=True, any_frame=False)
         codec, out = self._stream.codec_context, {}
-        for packet in self._container.demux(self._stream):
-            codec.skip_frame = "DEFAULT" if packet.pts in targets or packet.pts is None else "NONREF"
-            for frame in codec.decode(packet if packet.size else None):
-                if frame.pts is None:
-                    continue
-                if not out and frame.pts > first:  # the seek overshot: start again from the beginning
-                    return self.decode_forward(set(wanted))
-                if frame.pts in targets:
-                    out[targets[frame.pts]] = frame.to_ndarray(format="rgb24")
-                if frame.pts >= last:
-                    return out
+        try:
+            for packet in self._container.demux(self._stream):
+                codec.skip_frame = "DEFAULT" if packet.pts in targets or packet.pts is None else "NONREF"
+                for frame in codec.decode(packet if packet.size else None):
+                    if frame.pts is None:
+                        continue
+                    if not out and frame.pts > first:  # the seek overshot: start again from the beginning
+                        return self.decode_forward(set(wanted))
+                    if frame.pts in targets:
+                        out[targets[frame.pts]] = frame.to_ndarray(format="rgb24")
+                    if frame.pts >= last:
+                        return out
+        except av.FFmpegError:  # a broken tail ends the video there, as in decode_forward
+            pass
         return out or self.decode_forward(set(wanted))  # nothing after the seek: some containers (MPEG-TS)
 
     def decode_forward(self, wanted, last=None):
