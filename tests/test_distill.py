@@ -6,7 +6,7 @@ import torch
 
 from vidkd.config import load_config
 from vidkd.distill.build import METHODS, build_distiller, teachers_needed
-from vidkd.distill.dual_teacher import teacher_weights
+from vidkd.distill.dual_teacher import fit_temperature, teacher_weights
 from vidkd.models import build_model
 
 FRAMES, CROP = 4, 32
@@ -104,6 +104,69 @@ def test_datw_ablation_modes():
     w = teacher_weights(z_v, z_c, torch.zeros(1, 2), torch.tensor([0]), cfg)
     p_v, p_c = 1 / (1 + math.exp(-3)), 1 / (1 + math.exp(-1))
     assert float(w[0, 0]) == pytest.approx(p_v / (p_v + p_c), abs=1e-6)  # softmax of log c_k = c_k / sum c
+
+
+def test_datw_heldout_confidence_and_discrepancy_where_the_teacher_is_right():
+    cfg = config("dual_teacher", "DATA.CALIBRATION_SPLIT", "val", "DISTILL.DATW_CONFIDENCE", "heldout_class",
+                 "DISTILL.DATW_LAMBDA", "0").DISTILL
+    heldout = torch.tensor([[0.9, 0.2], [0.5, 0.5]])  # the ViT: reliable on class 0, not on class 1
+    z = torch.zeros(2, 2)
+    w = teacher_weights(z, z, z, torch.tensor([0, 1]), cfg, heldout)
+    assert w[:, 0].tolist() == pytest.approx([0.9 / 1.4, 0.2 / 0.7], abs=1e-6)  # c_V / (c_V + c_C) per class
+    cfg = config("dual_teacher", "DISTILL.DATW_DISCREPANCY_WHERE", "teacher_right").DISTILL
+    z_v, z_c, z_s = torch.tensor([[0.0, 2.0]]), torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+    y = torch.tensor([0])  # the ViT is wrong: its discrepancy does not count; the CNN is right: its does
+    p_v, p_c = 1 / (1 + math.exp(2)), 1 / (1 + math.exp(-2))
+    q = 1 / (1 + math.exp(-0.5))  # softmax([2, 0] / 4)[0]
+    d_c = q * math.log(q / 0.5) + (1 - q) * math.log((1 - q) / 0.5)
+    s_v, s_c = math.log(p_v + 1e-8), math.log(p_c + 1e-8) + d_c
+    w = teacher_weights(z_v, z_c, z_s, y, cfg)
+    assert float(w[0, 0]) == pytest.approx(math.exp(s_v) / (math.exp(s_v) + math.exp(s_c)), abs=1e-6)
+
+
+def test_fit_temperature_recovers_the_nll_optimum():
+    """Two classes, logits [4, 0], the label 0 on 80 % of the samples: the NLL is least where
+    sigmoid(4 / T) = 0.8, T = 4 / ln 4 = 2.885 (the grid's steps are 6 % apart)."""
+    logits = torch.tensor([[4.0, 0.0]]).repeat(10, 1)
+    y = torch.tensor([0] * 8 + [1] * 2)
+    assert fit_temperature(logits, y) == pytest.approx(4 / math.log(4), rel=0.03)
+
+
+class Batches:
+    """Test-view batches as VideoLoader gives them."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_calibrate_estimates_each_teachers_class_confidence_on_the_heldout_views():
+    d = make("dual_teacher", None, "DATA.CALIBRATION_SPLIT", "val", "DISTILL.DATW_CONFIDENCE", "heldout_class",
+             "DISTILL.DATW_CALIBRATE", "true")
+    views = [batch(n=4), batch(n=3)]
+    views[1]["targets"]["label"] = torch.tensor([3, 3, 1])
+    for b in views:
+        b["valid"] = torch.ones(len(b["video"]), dtype=torch.bool)
+    views[0]["valid"][2] = False  # a view that did not decode: left out
+    d.calibrate(Batches(views), torch.device("cpu"))
+    video = torch.cat([views[0]["video"][[0, 1, 3]], views[1]["video"]])
+    y = torch.cat([views[0]["targets"]["label"][[0, 1, 3]], views[1]["targets"]["label"]])
+    for k in (0, 1):
+        z = d.run_teacher(k, video)[0]
+        t = fit_temperature(z, y)
+        assert d.temperature["label"][k] == t
+        p = (z / t).softmax(1)[torch.arange(len(y)), y]
+        for c in range(4):
+            expected = p[y == c].mean() if (y == c).any() else p.mean()  # no view of the class: the mean
+            assert float(d.heldout["label"][k, c]) == pytest.approx(float(expected), abs=1e-5)
+    d.train()
+    _, losses = d({**views[0]})  # trains with the estimates
+    assert torch.isfinite(losses["datw"])
 
 
 def test_sdd_targets_are_detached_and_projections_fixed():

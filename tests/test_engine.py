@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -112,6 +113,22 @@ def test_single_process_ce_run_and_test_net_agree(dataset, tmp_path):
         assert name in evaluated.stdout  # the per-class table
     with open(out / "confusion_label.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_dual_teacher_run_estimates_datw_on_the_calibration_split(dataset, tmp_path):
+    """DATA.CALIBRATION_SPLIT: each teacher's temperature and held-out class confidence are estimated on its
+    videos (here the test split's 8, one view each) before training, and DATW trains with them."""
+    out = tmp_path / "dual"
+    config = write_config(tmp_path / "dual.yaml", dataset, out, "dual_teacher",
+                          MODEL={"TEACHERS": ["c3d_tiny", "c3d_tiny"]}, TRAIN={"EPOCHS": 1},
+                          DATA={"CALIBRATION_SPLIT": "test"},
+                          DISTILL={"DATW_CONFIDENCE": "heldout_class", "DATW_CALIBRATE": True, "SDD_DIM": 16})
+    run = ok(launch(["tools/train_net.py", "--config", config]))
+    found = re.search(r"calibration \(8 views, head label\): ViT top-1 [\d.]+, T ([\d.e+-]+), mean true-class p "
+                      r"[\d.]+; CNN top-1 [\d.]+, T ([\d.e+-]+)", run.stderr)
+    assert found and all(0.05 <= float(t) <= 50 for t in found.groups()), run.stderr[-3000:]
+    (record,) = records(out)
+    assert 0 < record["datw/w_vit_mean"] < 1 and math.isfinite(record["loss/datw"])
 
 
 def test_bad_config_fails_before_anything_runs(dataset, tmp_path):

@@ -2,11 +2,12 @@
 EPIC-style segments and frame folders, and corrupt / missing videos skipped and counted."""
 import logging
 import os
+import runpy
 
 import numpy as np
 import pytest
 import torch
-from conftest import frame_image, frame_numbers, write_test_video
+from conftest import REPO, frame_image, frame_numbers, write_test_video
 from PIL import Image
 
 from vidkd.config import load_config
@@ -15,7 +16,8 @@ from vidkd.data.manifest import Manifest, VideoRecord
 from vidkd.data.sampling import ClipSpec
 from vidkd.data.transforms import TestTransform, spatial_crop
 from vidkd.data.video_dataset import VideoDataset
-from vidkd.errors import DataError
+from vidkd.data.seeking import load_index, save_index
+from vidkd.errors import AnnotationError, DataError
 
 
 def make_manifest(root, n_good=6, bad=(), split="train"):
@@ -178,6 +180,31 @@ def test_train_per_class_keeps_a_seeded_subset_of_each_class_in_manifest_order()
     assert ids == [r.id for r in manifest.per_class(2, 5).samples]  # same seed, same subset
     assert len({tuple(ids) for ids in subsets.values()}) > 1  # other seeds draw other videos
     assert len(manifest.per_class(4, 0).samples) == 4 + 2 + 3  # a class with fewer keeps all of them
+
+
+def test_hold_out_splits_a_manifest_and_its_seek_index(tmp_path, capsys):
+    """data_prep/hold_out.py: the held videos (N per class, seeded) and the kept ones partition the manifest;
+    each file gets the seek-index entries of its videos; a hold-out that empties a class is refused."""
+    paths = [write_test_video(tmp_path / f"v{i}.mp4", num_frames=8, height=32, width=32) for i in range(6)]
+    samples = [VideoRecord(f"v{i}", os.path.basename(p), {"label": i % 2}) for i, p in enumerate(paths)]
+    Manifest("t", "train", str(tmp_path), {"label": ["a", "b"]}, samples).save(str(tmp_path / "train.json"))
+    save_index(str(tmp_path / "train.json"), {str(p): {"decord": True, "pyav": i % 3 == 0} for i, p in enumerate(paths)})
+    main = runpy.run_path(os.path.join(REPO, "data_prep", "hold_out.py"))["main"]
+    assert main([str(tmp_path / "train.json"), "--per-class", "1", "--seed", "3"]) == 0
+    kept, held = (Manifest.load(str(tmp_path / f"{s}.json")) for s in ("teachers", "calibration"))
+    assert (kept.split, held.split) == ("teachers", "calibration")
+    assert sorted(r.targets["label"] for r in held.samples) == [0, 1]
+    assert sorted(r.id for r in kept.samples + held.samples) == [f"v{i}" for i in range(6)]
+    assert [r.id for r in held.samples] == [r.id for r in Manifest.load(str(tmp_path / "train.json")).per_class(
+        1, 3).samples]
+    for m, split in ((kept, "teachers"), (held, "calibration")):
+        index = load_index(str(tmp_path / f"{split}.json"))
+        assert set(index) == {str(tmp_path / r.path) for r in m.samples}
+        assert all(v["pyav"] == (int(os.path.basename(p)[1]) % 3 == 0) for p, v in index.items())
+    assert "calibration.json: 2 videos" in capsys.readouterr().out
+    with pytest.raises(AnnotationError, match=r"train\.json: holding out 3 videos per class leaves none of "
+                                              r"class\(es\) a, b to train on"):
+        main([str(tmp_path / "train.json"), "--per-class", "3"])
 
 
 def test_train_per_class_applies_to_training_only(tmp_path):

@@ -105,17 +105,27 @@ def test_an_output_dir_that_is_a_file_or_inside_one_is_refused(tmp_path):
     assert load_config(None, ["OUTPUT_DIR", str(tmp_path / "new" / "run")]).OUTPUT_DIR == str(tmp_path / "new" / "run")
 
 
-def test_every_run_of_the_demo_validates(tmp_path):
-    """tools/demo.py's six trainings, each its config file with its overrides (every file of configs/ loads:
-    test_config.py)."""
+def test_every_run_of_the_demo_and_of_its_ablation_validates(tmp_path):
+    """tools/demo.py's six trainings, each its config file with its overrides, and every variant of
+    configs/demo/ablation.yaml (every file of configs/ loads: test_config.py)."""
     demo = runpy.run_path(os.path.join(REPO, "tools", "demo.py"))
     args = argparse.Namespace(**{k: os.path.join(REPO, "configs", "demo", f"{name}.yaml") for k, name in
-                                 [("config", "synthetic"), ("vit_config", "teacher_vit"), ("cnn_config", "teacher_cnn")]})
+                                 [("config", "synthetic"), ("vit_config", "teacher_vit"), ("cnn_config", "teacher_cnn")]},
+                              ablation=None)
     cfg = load_config(args.config, ["OUTPUT_DIR", str(tmp_path)])
     runs = demo["runs"](cfg, args)
     assert len(runs) == 6
     for name, _, path, overrides in runs:
         assert load_config(path, overrides + ["OUTPUT_DIR", str(tmp_path / name)]).OUTPUT_DIR == str(tmp_path / name)
+    variants = demo["read_variants"](os.path.join(REPO, "configs", "demo", "ablation.yaml"))
+    assert len(variants) >= 17 and {"student alone", "KD from the ViT", "KD from the CNN", "dual (default)"} <= set(
+        variants)
+    for overrides in variants.values():
+        load_config(args.config, demo["teacher_checkpoints"](cfg) + overrides + ["SEED", "2"])
+    for text in ["[a, b]", "{}", "a: [DISTILL.METHOD]"]:
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(ConfigError, match="bad.yaml: an ablation file maps"):
+            demo["read_variants"](str(tmp_path / "bad.yaml"))
 
 
 # manifests ---------------------------------------------------------------------------------------------

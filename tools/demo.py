@@ -2,24 +2,31 @@
 
     python tools/demo.py [--data data/synthetic] [--config configs/demo/synthetic.yaml]
                          [--vit-config configs/demo/teacher_vit.yaml] [--cnn-config configs/demo/teacher_cnn.yaml]
-                         [KEY VALUE ...]
+                         [--ablation configs/demo/ablation.yaml --seeds 3] [KEY VALUE ...]
 
 1. writes the synthetic dataset (HMDB51 layout, real H.264 files) unless it is there, reads it into
-   manifests (split 1) and checks every video;
-2. trains the ViT teacher and the 3D-CNN teacher (MODEL.TEACHERS) with cross-entropy on every training
-   video, each with its own config (--vit-config, --cnn-config: schedules that suit a transformer and a
+   manifests (split 1), checks every video, and holds out HELD_OUT training videos per class that the teachers
+   do not train on (manifests `teachers` and `calibration`: the dual teacher's DATA.CALIBRATION_SPLIT);
+2. trains the ViT teacher and the 3D-CNN teacher (MODEL.TEACHERS) with cross-entropy on the `teachers`
+   videos, each with its own config (--vit-config, --cnn-config: schedules that suit a transformer and a
    CNN), or reuses them when a finished run with the same config is already in OUTPUT_DIR;
 3. trains the same student (MODEL.STUDENT) four ways with the same seed and epochs on a small labelled set
-   (DATA.TRAIN_PER_CLASS of --config): alone, KD from the ViT, KD from the CNN, and the dual teacher
-   (DATW + SDD);
-4. prints one table of test top-1 / top-5 for every model; each run's curves.png is beside its results, and
-   OUTPUT_DIR/summary.png compares them.
+   (DATA.TRAIN_PER_CLASS of --config): alone, KD from the ViT, KD from the CNN, and the dual teacher;
+   with --ablation, instead, every variant of that file (KEY VALUE overrides of --config) with SEED 0 ..
+   --seeds - 1, reusing finished runs, so a half-done grid resumes;
+4. prints one table of test top-1 / top-5 for every model (with --ablation: the mean and spread over seeds and
+   the mean DATW weight of the ViT, also written to OUTPUT_DIR/ablation/ablation.md and .json); each run's
+   curves.png is beside its results, and OUTPUT_DIR/summary.png (ablation.png) compares them.
 """
 import argparse
 import json
 import os
+import re
 import shutil
+import statistics
 import time
+
+import yaml
 
 from matplotlib.figure import Figure
 
@@ -28,14 +35,18 @@ from vidkd.config import load_config
 from vidkd.data.check import check_manifest
 from vidkd.data.datasets.csv_rows import write_manifests
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
+from vidkd.data.manifest import write_hold_out
 from vidkd.data.synthetic import dataset_info, make_dataset
 from vidkd.engine.plots import plot_history
 from vidkd.engine.trainer import Trainer
-from vidkd.errors import DataError
+from vidkd.errors import ConfigError, DataError
+
+HELD_OUT = 8  # training videos per class the teachers do not train on (of 32)
 
 
 def prepare(data_dir, manifest_dir, workers):
-    """Write the synthetic set unless `data_dir` holds it with today's default parameters; manifests; check."""
+    """Write the synthetic set unless `data_dir` holds it with today's default parameters; manifests; check; hold
+    out HELD_OUT training videos per class from the teachers."""
     info_path = os.path.join(data_dir, "SYNTHETIC_INFO.json")
     if os.path.isfile(info_path):
         with open(info_path) as f:
@@ -49,18 +60,18 @@ def prepare(data_dir, manifest_dir, workers):
            if c[1] != "ok"]
     if bad:
         raise DataError("videos of the synthetic set fail the check:\n" + "\n".join(map(str, bad)))
+    write_hold_out(os.path.join(manifest_dir, "train.json"), HELD_OUT, 0, "teachers", "calibration")
 
 
 def runs(cfg, args):
     """(run name, what it is, config file, overrides) in training order; the students use the teachers' exports."""
     vit, cnn = cfg.MODEL.TEACHERS
-    out = cfg.OUTPUT_DIR
-    ckpts = f"[{out}/teacher_vit/student.pt, {out}/teacher_cnn/student.pt]"
     teacher = ["DISTILL.METHOD", "ce"]
-    student = ["MODEL.TEACHER_CHECKPOINTS", ckpts]
+    student = teacher_checkpoints(cfg)
     return [
         ("teacher_vit", f"ViT teacher {vit}", args.vit_config, teacher + ["MODEL.STUDENT", vit]),
         ("teacher_cnn", f"3D-CNN teacher {cnn}", args.cnn_config, teacher + ["MODEL.STUDENT", cnn]),
+    ] + ([] if args.ablation else [
         ("student_alone", "student alone (CE)", args.config, ["DISTILL.METHOD", "ce"]),
         ("student_kd_vit", "student, KD from the ViT", args.config,
          student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "0"]),
@@ -68,7 +79,12 @@ def runs(cfg, args):
          student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "1"]),
         ("student_dual", "student, dual teacher (DATW + SDD)", args.config,
          student + ["DISTILL.METHOD", "dual_teacher"]),
-    ]
+    ])
+
+
+def teacher_checkpoints(cfg):
+    out = cfg.OUTPUT_DIR
+    return ["MODEL.TEACHER_CHECKPOINTS", f"[{out}/teacher_vit/student.pt, {out}/teacher_cnn/student.pt]"]
 
 
 def train_or_reuse(config_path, overrides, out_dir):
@@ -88,7 +104,8 @@ def train_or_reuse(config_path, overrides, out_dir):
     params = sum(p.numel() for p in trainer.eval_model().parameters()) / 1e6
     plot_history(trainer.history, os.path.join(out_dir, "curves.png"), out_dir)
     done = {"config": cfg.dump(), "metrics": metrics, "model": cfg.MODEL.STUDENT, "params_m": params,
-            "method": cfg.DISTILL.METHOD, "minutes": (time.time() - start) / 60}
+            "method": cfg.DISTILL.METHOD, "minutes": (time.time() - start) / 60,
+            "w_vit": trainer.history[-1].get("datw/w_vit_mean")}
     with open(results, "w") as f:
         json.dump(done, f)
     return done, False
@@ -105,22 +122,91 @@ def plot_summary(rows, path):
     fig.savefig(path, dpi=80)
 
 
+def read_variants(path):
+    """{variant name: [KEY, VALUE, ...]} of an ablation file."""
+    with open(path) as f:
+        variants = yaml.safe_load(f)
+    if not isinstance(variants, dict) or not variants or not all(
+            isinstance(v, list) and len(v) % 2 == 0 for v in variants.values()):
+        raise ConfigError(f"{path}: an ablation file maps each variant's name to a list of KEY VALUE overrides")
+    return {name: [str(x) for x in overrides] for name, overrides in variants.items()}
+
+
+def ablation(cfg, args, variants):
+    """Every variant with SEED 0 .. args.seeds - 1: {name: [results per seed]}, each run reused when done."""
+    grid = {}
+    for name, overrides in variants.items():
+        for seed in range(args.seeds):
+            print(f"\n=== {name}, seed {seed} ===")
+            out = os.path.join(cfg.OUTPUT_DIR, "ablation", re.sub(r"\W+", "_", name).strip("_"), f"seed{seed}")
+            done, _ = train_or_reuse(args.config, args.overrides + teacher_checkpoints(cfg) + overrides
+                                     + ["SEED", str(seed)], out)
+            grid.setdefault(name, []).append(done)
+    return grid
+
+
+def ablation_table(grid):
+    """Markdown: per variant the mean and spread (sample standard deviation) of test top-1 over seeds, each
+    seed's top-1, and the mean DATW weight of the ViT in the last epoch."""
+    lines = ["| variant | top-1, mean ± sd | per seed | w_ViT |", "|---|---|---|---|"]
+    for name, runs in grid.items():
+        top1 = [r["metrics"]["top1"] for r in runs]
+        sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
+        w = [r["w_vit"] for r in runs if r.get("w_vit") is not None]
+        lines.append(f"| {name} | {statistics.mean(top1):.1f} ± {sd:.1f} | {' / '.join(f'{t:.1f}' for t in top1)} "
+                     f"| {f'{statistics.mean(w):.2f}' if w else '-'} |")
+    return "\n".join(lines)
+
+
+def plot_ablation(grid, path):
+    fig = Figure(figsize=(9, 0.4 * len(grid) + 1.2))
+    ax = fig.subplots()
+    names = list(grid)[::-1]
+    for i, name in enumerate(names):
+        top1 = [r["metrics"]["top1"] for r in grid[name]]
+        ax.barh(i, statistics.mean(top1), color="tab:blue", alpha=0.5)
+        ax.plot(top1, [i] * len(top1), "k.", markersize=6)
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="test top-1 (%): bar = mean, dots = seeds", title="ablation over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/synthetic", help="where the synthetic dataset is (or is written)")
     p.add_argument("--config", default="configs/demo/synthetic.yaml")
     p.add_argument("--vit-config", default="configs/demo/teacher_vit.yaml", help="the ViT teacher's training")
     p.add_argument("--cnn-config", default="configs/demo/teacher_cnn.yaml", help="the 3D-CNN teacher's training")
+    p.add_argument("--ablation", help="a file of student variants (configs/demo/ablation.yaml) to run over seeds")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of each ablation variant (SEED 0 .. N-1)")
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
     start = time.time()
     cfg = load_config(args.config, args.overrides)
+    variants = read_variants(args.ablation) if args.ablation else None
     prepare(args.data, cfg.DATA.MANIFEST_DIR, cfg.DATA.NUM_WORKERS)
     rows = []
     for name, what, config, overrides in runs(cfg, args):
         print(f"\n=== {what} ===")
         done, reused = train_or_reuse(config, args.overrides + overrides, os.path.join(cfg.OUTPUT_DIR, name))
         rows.append((what, done, reused))
+    if variants:
+        grid = ablation(cfg, args, variants)
+        folder = os.path.join(cfg.OUTPUT_DIR, "ablation")
+        table = ablation_table(grid)
+        with open(os.path.join(folder, "ablation.md"), "w") as f:
+            f.write(table + "\n")
+        with open(os.path.join(folder, "ablation.json"), "w") as f:
+            json.dump({name: [{"seed": i, "top1": r["metrics"]["top1"], "w_vit": r.get("w_vit")}
+                              for i, r in enumerate(results)] for name, results in grid.items()}, f, indent=1)
+        plot_ablation(grid, os.path.join(folder, "ablation.png"))
+        teachers = ", ".join(f"{what} {done['metrics']['top1']:.1f}" for what, done, _ in rows)
+        print(f"\nteachers (test top-1): {teachers}\n{table}\n\n{folder}/ablation.md, ablation.png; "
+              f"total {(time.time() - start) / 60:.1f} min")
+        return 0
     plot_summary(rows, os.path.join(cfg.OUTPUT_DIR, "summary.png"))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'model':<{width}}  {'network':<16}{'params (M)':>11}{'top-1':>8}{'top-5':>8}{'minutes':>9}")
@@ -129,9 +215,11 @@ def main(argv=None):
         note = " (reused)" if reused else ""
         print(f"{what:<{width}}  {done['model']:<16}{done['params_m']:>11.2f}{m['top1']:>8.1f}"
               f"{m.get('top5', 0):>8.1f}{done['minutes']:>9.1f}{note}")
-    alone, dual = rows[2][1]["metrics"]["top1"], rows[5][1]["metrics"]["top1"]
-    print(f"\ndual teacher - student alone: {dual - alone:+.1f} points top-1 "
-          f"({cfg.TEST.NUM_CLIPS} clips x {cfg.TEST.NUM_CROPS} crops, {rows[2][1]['metrics']['num_videos']} test videos)")
+    best = max(rows[3:5], key=lambda r: r[1]["metrics"]["top1"])
+    dual = rows[5][1]["metrics"]["top1"]
+    print(f"\ndual teacher - best single-teacher KD ({best[0]}): {dual - best[1]['metrics']['top1']:+.1f} points top-1 "
+          f"({cfg.TEST.NUM_CLIPS} clips x {cfg.TEST.NUM_CROPS} crops, {rows[2][1]['metrics']['num_videos']} test videos; "
+          f"one seed: tools/demo.py --ablation gives the spread over seeds)")
     print(f"plots: {cfg.OUTPUT_DIR}/summary.png and {cfg.OUTPUT_DIR}/<run>/curves.png; "
           f"total {(time.time() - start) / 60:.1f} min")
     return 0

@@ -23,6 +23,10 @@ _C.DATA.TRAIN_SPLIT = "train"
 _C.DATA.TRAIN_PER_CLASS = 0
 # Manifest used for evaluation (EPIC-KITCHENS-100: "validation").
 _C.DATA.TEST_SPLIT = "test"
+# Manifest of labelled videos the teachers did not train on ("" = none): the dual teacher's DATW estimates each
+# teacher's reliability there (DISTILL.DATW_CONFIDENCE heldout_class, DISTILL.DATW_CALIBRATE), since on the
+# videos a teacher trained on it is confident and right whether or not it generalises.
+_C.DATA.CALIBRATION_SPLIT = ""
 # Video decoder tried first: decord | pyav. A video it cannot decode is retried with the other one.
 _C.DATA.DECODER = "decord"
 # Threads each decoder may use inside one loader worker (0 = library default, usually all cores).
@@ -184,10 +188,16 @@ _C.DISTILL.DKD_WARMUP = 20
 _C.DISTILL.OFA_EPS = 1.5
 # DATW teacher weights: adaptive | fixed (0.5 / 0.5) | vit_only | cnn_only.
 _C.DISTILL.DATW_MODE = "adaptive"
-# DATW confidence c_k: true_class (softmax(z_k)[y]) | max_prob | neg_entropy.
+# DATW confidence c_k: true_class (softmax(z_k)[y] on the training clip) | max_prob | neg_entropy |
+# heldout_class (the mean of softmax(z_k)[y] over the DATA.CALIBRATION_SPLIT videos of class y).
 _C.DISTILL.DATW_CONFIDENCE = "true_class"
+# DATW: divide each teacher's logits by a temperature fitted on DATA.CALIBRATION_SPLIT (minimum NLL), in the
+# confidence, the discrepancy and the fused target: an over-confident (memorising) teacher gets softer targets.
+_C.DISTILL.DATW_CALIBRATE = False
 # DATW discrepancy d_k: kl (KL(p_k || p_s) at T) | cosine (1 - cos of the logits).
 _C.DISTILL.DATW_DISCREPANCY = "kl"
+# DATW: where the discrepancy counts: all | teacher_right (only on samples whose label the teacher predicts).
+_C.DISTILL.DATW_DISCREPANCY_WHERE = "all"
 # DATW: weight lambda_d of the discrepancy in the score (0 = confidence only).
 _C.DISTILL.DATW_LAMBDA = 1.0
 # DATW: temperature tau_w of the softmax over teachers.
@@ -233,6 +243,7 @@ RULES = {
     "DATA.TRAIN_SPLIT": NAME,
     "DATA.TRAIN_PER_CLASS": Range(0),
     "DATA.TEST_SPLIT": NAME,
+    "DATA.CALIBRATION_SPLIT": PATH,
     "DATA.DECODER": OneOf("decord", "pyav"),
     "DATA.DECODE_THREADS": Range(0, 256),
     "DATA.DECODE_TIMEOUT": SECONDS,
@@ -299,8 +310,10 @@ RULES = {
     "DISTILL.DKD_WARMUP": Range(0),
     "DISTILL.OFA_EPS": Range(0, above=True),
     "DISTILL.DATW_MODE": OneOf("adaptive", "fixed", "vit_only", "cnn_only"),
-    "DISTILL.DATW_CONFIDENCE": OneOf("true_class", "max_prob", "neg_entropy"),
+    "DISTILL.DATW_CONFIDENCE": OneOf("true_class", "max_prob", "neg_entropy", "heldout_class"),
+    "DISTILL.DATW_CALIBRATE": ANY,
     "DISTILL.DATW_DISCREPANCY": OneOf("kl", "cosine"),
+    "DISTILL.DATW_DISCREPANCY_WHERE": OneOf("all", "teacher_right"),
     "DISTILL.DATW_LAMBDA": Range(0),
     "DISTILL.DATW_TAU": Range(0, above=True),
     "DISTILL.SDD": ANY,
@@ -337,6 +350,10 @@ RELATIONS = [
              "the warm-up must end within the run: SOLVER.WARMUP_EPOCHS <= TRAIN.EPOCHS"),
     Relation(("DISTILL.RKD_WEIGHT", "DISTILL.METHOD"), lambda weight, method: method != "rkd" or weight > 0,
              "the rkd method needs DISTILL.RKD_WEIGHT above 0 (e.g. 1.0): at 0 it would train with CE alone"),
+    Relation(("DATA.CALIBRATION_SPLIT", "DISTILL.DATW_CONFIDENCE", "DISTILL.DATW_CALIBRATE"),
+             lambda split, confidence, calibrate: bool(split) or not (confidence == "heldout_class" or calibrate),
+             "DISTILL.DATW_CONFIDENCE heldout_class and DISTILL.DATW_CALIBRATE are estimated on videos the teachers "
+             "did not train on: set DATA.CALIBRATION_SPLIT to their manifest"),
     Relation(("MODEL.VIT_PATCH_SIZE", "MODEL.VIT_STEM"), lambda patch, stem: stem != "conv" or (patch or 16) % 4 == 0,
              "the ViTs' conv stem needs MODEL.VIT_PATCH_SIZE (0: 16) divisible by 4"),
 ]

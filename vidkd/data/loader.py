@@ -145,13 +145,14 @@ def clip_spec(cfg):
     return ClipSpec(d.NUM_FRAMES, d.SAMPLING_RATE, d.SAMPLING, d.TARGET_FPS)
 
 
-def manifest_path(cfg, train):
+def manifest_path(cfg, train, split=None):
+    """The manifest of the training split, or of `split` (default: the test split) read as test views."""
     d = cfg.DATA
-    return os.path.join(d.MANIFEST_DIR, f"{d.TRAIN_SPLIT if train else d.TEST_SPLIT}.json")
+    return os.path.join(d.MANIFEST_DIR, f"{d.TRAIN_SPLIT if train else split or d.TEST_SPLIT}.json")
 
 
-def build_dataset(cfg, train):
-    d, path = cfg.DATA, manifest_path(cfg, train)
+def build_dataset(cfg, train, split=None):
+    d, path = cfg.DATA, manifest_path(cfg, train, split)
     manifest = Manifest.load(path)
     if train:
         manifest = manifest.per_class(d.TRAIN_PER_CLASS, cfg.SEED)
@@ -170,10 +171,11 @@ def cache_views(cfg):
     return cfg.DISTILL.CACHE_VIEWS if uses_cache else 0
 
 
-def build_loader(cfg, train, rank=0, world_size=1):
-    """The training (shuffled, last partial batch dropped) or test loader of this rank."""
+def build_loader(cfg, train, rank=0, world_size=1, split=None):
+    """The training (shuffled, last partial batch dropped) or test loader of this rank; `split`: another
+    manifest read as the test split is (DATA.CALIBRATION_SPLIT)."""
     d = cfg.DATA
-    dataset = build_dataset(cfg, train)
+    dataset = build_dataset(cfg, train, split)
     sampler = EpochSampler(DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
                                               seed=cfg.SEED))
     loader = DataLoader(
@@ -192,7 +194,7 @@ def build_loader(cfg, train, rank=0, world_size=1):
         # Batches come from the workers as shared-memory files, not as file descriptors that the main process
         # must fetch from the worker that sent them: a hung worker cannot block the main process that way.
         torch.multiprocessing.set_sharing_strategy("file_system")
-    split = d.TRAIN_SPLIT if train else d.TEST_SPLIT
+    split = d.TRAIN_SPLIT if train else split or d.TEST_SPLIT
     return VideoLoader(dataset, loader, FailureTracker(split, len(dataset.manifest.samples), d.MAX_FAIL_FRACTION))
 
 
@@ -202,3 +204,14 @@ def build_loaders(cfg, rank=0, world_size=1):
     check_same_classes(train.dataset.manifest, manifest_path(cfg, True), test.dataset.manifest,
                        manifest_path(cfg, False))
     return train, test
+
+
+def build_calibration_loader(cfg, train_manifest):
+    """The DATA.CALIBRATION_SPLIT videos read as test views, all of them on every rank (each rank estimates the
+    same statistics from them), or None without a calibration split; its classes must be the training split's."""
+    if not cfg.DATA.CALIBRATION_SPLIT:
+        return None
+    loader = build_loader(cfg, False, split=cfg.DATA.CALIBRATION_SPLIT)
+    check_same_classes(train_manifest, manifest_path(cfg, True), loader.dataset.manifest,
+                       manifest_path(cfg, False, cfg.DATA.CALIBRATION_SPLIT))
+    return loader

@@ -77,6 +77,13 @@ class Manifest:
         keep = sorted(i for idx in by_class.values() for i in rng.sample(idx, min(count, len(idx))))
         return replace(self, samples=[self.samples[i] for i in keep])
 
+    def hold_out(self, count, seed):
+        """`(kept, held)`: `held` has `count` samples of each class of the first label set, drawn with `seed` as
+        `per_class` draws them; `kept` has the others. Both in manifest order."""
+        held = self.per_class(count, seed)
+        ids = {r.id for r in held.samples}
+        return replace(self, samples=[r for r in self.samples if r.id not in ids]), held
+
     def abspath(self, record):
         return record.path if os.path.isabs(record.path) else os.path.join(self.root, record.path)
 
@@ -168,3 +175,26 @@ def _check_types(record, path, what):
         if not isinstance(value, (int, float) if f.type is float else f.type) or (
                 isinstance(value, bool) and f.type is not bool):
             raise AnnotationError(path, 0, f"{what}: {f.name} must be a {f.type.__name__}, got {value!r}")
+
+
+def write_hold_out(manifest_path, count, seed, kept_split, held_split):
+    """Split a manifest into `<kept_split>.json` and `<held_split>.json` beside it (`Manifest.hold_out`), each with
+    the part of the manifest's seek index that covers its videos; returns their paths."""
+    from vidkd.data.seeking import load_index, save_index
+
+    manifest, folder = Manifest.load(manifest_path), os.path.dirname(os.path.abspath(manifest_path))
+    index, paths, (kept, held) = load_index(manifest_path), [], manifest.hold_out(count, seed)
+    head = next(iter(manifest.label_sets))
+    empty = sorted({r.targets[head] for r in manifest.samples} - {r.targets[head] for r in kept.samples})
+    if empty:
+        raise AnnotationError(manifest_path, 0, f"holding out {count} videos per class leaves none of class(es) "
+                                                f"{', '.join(manifest.label_sets[head][c] for c in empty[:5])} to "
+                                                f"train on: hold out fewer")
+    for split, part in zip((kept_split, held_split), (kept, held)):
+        path = os.path.join(folder, f"{split}.json")
+        part = replace(part, split=split)
+        part.save(path)
+        videos = {os.path.abspath(manifest.abspath(r)) for r in part.samples}
+        save_index(path, {p: v for p, v in index.items() if p in videos})
+        paths.append(path)
+    return paths

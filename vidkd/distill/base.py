@@ -62,6 +62,10 @@ class Distiller(nn.Module):
 
         return fp32(logits), [fp32(f) for f in features], fp32(embedding)
 
+    def calibrate(self, loader, device):
+        """Estimate what the method needs from labelled videos its teachers did not train on (`loader`: test views
+        of DATA.CALIBRATION_SPLIT), before training; deterministic, so a resumed run estimates the same."""
+
     def teacher_targets(self, video):
         """What the method needs from its teachers for `video`, as a dict of tensors `[B, ...]` (what the
         teacher-output cache stores); a method whose teachers train, or whose targets change as it trains,

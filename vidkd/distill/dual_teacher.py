@@ -14,37 +14,55 @@ layer-normed per position without affine parameters. Targets
 `r_C = sg(phi_C f_C)`, `r_res = sg(phi_V f_V - phi_C f_C)`; the student's map feeds `g_main` (1x1x1 conv)
 -> r_C and the Structure Discrepancy Branch `g_aux` -> r_res. Both heads exist only in training.
 """
+import logging
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from vidkd.distill.base import Distiller
-from vidkd.errors import ConfigError
 from vidkd.distill.losses import kd_loss, kl_per_sample, match_grid, rkd_loss
+from vidkd.errors import ConfigError
 from vidkd.models.taps import probe
 
+log = logging.getLogger("vidkd.distill")
 
-def teacher_weights(z_v, z_c, z_s, y, cfg):
-    """DATW weights `[B, 2]` (ViT, CNN), detached; each row sums to 1."""
+
+def teacher_weights(z_v, z_c, z_s, y, cfg, heldout=None):
+    """DATW weights `[B, 2]` (ViT, CNN), detached; each row sums to 1. `heldout`: `[2, K]`, each teacher's mean
+    true-class probability per class on the calibration split (DATW_CONFIDENCE heldout_class)."""
     fixed = {"fixed": (0.5, 0.5), "vit_only": (1.0, 0.0), "cnn_only": (0.0, 1.0)}
     if cfg.DATW_MODE in fixed:
         return torch.tensor(fixed[cfg.DATW_MODE], device=z_s.device).expand(len(z_s), 2)
     with torch.no_grad():
         z_s = z_s.detach().float()
         scores = []
-        for z_k in (z_v, z_c):
+        for k, z_k in enumerate((z_v, z_c)):
             p_k = z_k.softmax(1)
             if cfg.DATW_CONFIDENCE == "neg_entropy":
                 confidence = (p_k * z_k.log_softmax(1)).sum(1)  # -H(p_k)
             else:
-                c_k = p_k.gather(1, y[:, None])[:, 0] if cfg.DATW_CONFIDENCE == "true_class" else p_k.amax(1)
+                c_k = {"true_class": lambda: p_k.gather(1, y[:, None])[:, 0], "max_prob": lambda: p_k.amax(1),
+                       "heldout_class": lambda: heldout[k][y]}[cfg.DATW_CONFIDENCE]()
                 confidence = torch.log(c_k + 1e-8)  # log(c_k + 1e-8)
             if cfg.DATW_DISCREPANCY == "kl":
                 d_k = kl_per_sample(z_k, z_s, cfg.TEMPERATURE)  # KL(p_k || p_s) at T
             else:
                 d_k = 1 - F.cosine_similarity(z_k, z_s, dim=1)
+            if cfg.DATW_DISCREPANCY_WHERE == "teacher_right":
+                d_k = d_k * (z_k.argmax(1) == y)  # d_k counted where teacher k predicts y
             scores.append(confidence + cfg.DATW_LAMBDA * d_k)  # s_k = log c_k + lambda_d d_k
         return (torch.stack(scores, 1) / cfg.DATW_TAU).softmax(1)  # w = softmax_k(s / tau_w)
+
+
+def fit_temperature(logits, y):
+    """The temperature T minimising the NLL of softmax(logits / T) over held-out samples (temperature scaling,
+    Guo et al., ICML 2017), searched on a log grid from 0.05 to 50."""
+    grid = torch.logspace(math.log10(0.05), math.log10(50), 121, dtype=torch.float64)
+    nll = torch.stack([F.cross_entropy(logits.double() / t, y) for t in grid])
+    return float(grid[nll.argmin()])
 
 
 def position_norm(x):
@@ -96,6 +114,7 @@ class DualTeacher(Distiller):
     def __init__(self, student, teachers, heads, cfg):
         super().__init__(student, teachers, heads, cfg)
         c = self.cfg
+        self.temperature, self.heldout = {}, {}  # per head, from `calibrate`
         if c.SDD and c.SDD_PHI == "learned" and c.CACHE != "live":
             raise ConfigError("DISTILL.CACHE: with DISTILL.SDD_PHI learned, phi_V trains and the SDD targets change "
                               "as the run goes: cache them with SDD_PHI fixed, or set DISTILL.CACHE live")
@@ -108,6 +127,38 @@ class DualTeacher(Distiller):
             self.phi_v = Projection(c_v, c.SDD_DIM, generator, learned=c.SDD_PHI == "learned")
             self.g_main = nn.Conv3d(c_s, c.SDD_DIM, 1)
             self.g_aux = discrepancy_branch(c_s, c.SDD_DIM)
+
+    @torch.no_grad()
+    def calibrate(self, loader, device):
+        """DATW's estimates on videos the teachers did not train on (every view of DATA.CALIBRATION_SPLIT), per
+        head: each teacher's temperature T_k (DATW_CALIBRATE; else 1) and its mean true-class probability per
+        class, softmax(z_k / T_k)[y], for DATW_CONFIDENCE heldout_class (a class without videos there takes
+        the teacher's mean over all classes). Nothing to estimate for the other DATW options."""
+        if not (self.cfg.DATW_CALIBRATE or self.cfg.DATW_CONFIDENCE == "heldout_class"):
+            return
+        logits, labels = [[], []], {h: [] for h in self.heads}
+        loader.set_epoch(0)
+        for batch in tqdm(loader, desc="calibration", unit="batch", leave=False):
+            if batch is None:  # lost with a loader worker (counted by the loader)
+                continue
+            valid, video = batch["valid"], batch["video"].to(device)
+            for k in (0, 1):
+                logits[k].append(self.run_teacher(k, video)[0][valid].cpu())
+            for h in self.heads:
+                labels[h].append(batch["targets"][h][valid])
+        z = [self.split(torch.cat(z_k)) for z_k in logits]
+        for h, classes in self.heads.items():
+            y = torch.cat(labels[h])
+            temps = [fit_temperature(z_k[h], y) if self.cfg.DATW_CALIBRATE else 1.0 for z_k in z]
+            confidence = torch.stack([(z_k[h] / t).softmax(1).gather(1, y[:, None])[:, 0] for z_k, t in zip(z, temps)])
+            sums = torch.zeros(2, classes, dtype=torch.float64).index_add_(1, y, confidence.double())
+            counts = torch.bincount(y, minlength=classes)
+            mean = torch.where(counts > 0, sums / counts.clamp(min=1), confidence.double().mean(1, keepdim=True))
+            self.temperature[h], self.heldout[h] = temps, mean.float().to(device)
+            accuracy = [float((z_k[h].argmax(1) == y).double().mean()) * 100 for z_k in z]
+            log.info("calibration (%d views, head %s): ViT top-1 %.1f, T %.3g, mean true-class p %.3f; CNN top-1 "
+                     "%.1f, T %.3g, mean true-class p %.3f", len(y), h, accuracy[0], temps[0],
+                     confidence[0].mean(), accuracy[1], temps[1], confidence[1].mean())
 
     def teacher_targets(self, video):
         """Both teachers' logits; with SDD its targets r_C and r_res on the student's grid (and phi_V f_V when
@@ -131,7 +182,9 @@ class DualTeacher(Distiller):
         losses = {"ce": c.CE_WEIGHT * self.ce(z_s, y)}
         datw, s, v, cnn = 0.0, self.split(z_s), self.split(t["z_v"]), self.split(t["z_c"])
         for i, h in enumerate(self.heads):
-            w = teacher_weights(v[h], cnn[h], s[h], y[h], c)
+            if c.DATW_CALIBRATE:  # calibrated teachers: z_k / T_k
+                v[h], cnn[h] = v[h] / self.temperature[h][0], cnn[h] / self.temperature[h][1]
+            w = teacher_weights(v[h], cnn[h], s[h], y[h], c, self.heldout.get(h))
             z_f = w[:, :1] * v[h] + w[:, 1:] * cnn[h]  # z_f = w_V z_V + w_C z_C
             datw = datw + kd_loss(s[h], z_f, c.TEMPERATURE)  # T^2 KL(softmax(z_f / T) || p_s)
             if i == 0:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vidkd.data.loader import build_loaders
+from vidkd.data.loader import build_calibration_loader, build_loaders
 from vidkd.distill.build import build_distiller, teachers_needed
 from vidkd.engine import checkpointing, distributed, teacher_cache
 from vidkd.engine.ema import EMA
@@ -182,6 +182,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.SEED)
         self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world)
+        calibration = build_calibration_loader(cfg, self.train_loader.dataset.manifest)
         check_steps(cfg, self.train_loader, self.world)
         label_sets = self.train_loader.dataset.manifest.label_sets
         self.heads = {h: len(names) for h, names in label_sets.items()}
@@ -190,6 +191,8 @@ class Trainer:
                               f"has {sum(self.heads.values())} classes ({self.heads}): set it to 0 or to that")
         self.class_names = label_sets
         distiller = build_training(cfg, self.heads, self.device)
+        if calibration is not None:
+            distiller.calibrate(calibration, self.device)
         check_student_runs(cfg, distiller.student)
         s, t = cfg.SOLVER, cfg.TRAIN
         groups = param_groups(distiller, s.WEIGHT_DECAY)
