@@ -7,6 +7,7 @@ import torch
 from vidkd.config import load_config
 from vidkd.distill.build import METHODS, build_distiller, teachers_needed
 from vidkd.distill.dual_teacher import fit_temperature, teacher_weights
+from vidkd.errors import ConfigError
 from vidkd.models import build_model
 
 FRAMES, CROP = 4, 32
@@ -167,6 +168,9 @@ def test_calibrate_estimates_each_teachers_class_confidence_on_the_heldout_views
     d.train()
     _, losses = d({**views[0]})  # trains with the estimates
     assert torch.isfinite(losses["datw"])
+    fresh = make("dual_teacher", None, "DATA.CALIBRATION_SPLIT", "val", "DISTILL.DATW_CALIBRATE", "true").train()
+    with pytest.raises(ConfigError, match="DISTILL.DATW_CALIBRATE / DATW_CONFIDENCE heldout_class: estimated by"):
+        fresh(views[0])  # never calibrated: a clear error, not a KeyError
 
 
 def test_sdd_targets_are_detached_and_projections_fixed():

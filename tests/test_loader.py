@@ -203,8 +203,14 @@ def test_hold_out_splits_a_manifest_and_its_seek_index(tmp_path, capsys):
         assert all(v["pyav"] == (int(os.path.basename(p)[1]) % 3 == 0) for p, v in index.items())
     assert "calibration.json: 2 videos" in capsys.readouterr().out
     with pytest.raises(AnnotationError, match=r"train\.json: holding out 3 videos per class leaves none of "
-                                              r"class\(es\) a, b to train on"):
+                                              r"label class\(es\) a, b to train on"):
         main([str(tmp_path / "train.json"), "--per-class", "3"])
+    with pytest.raises(AnnotationError, match=r"train\.json: the kept \('train'\) and held"):
+        main([str(tmp_path / "train.json"), "--per-class", "1", "--kept", "train"])
+    os.utime(paths[0], ns=(1, 1))  # a video changed since it was probed: its entry is copied stale, not renewed
+    main([str(tmp_path / "train.json"), "--per-class", "1", "--seed", "3"])
+    copied = {**load_index(str(tmp_path / "teachers.json")), **load_index(str(tmp_path / "calibration.json"))}
+    assert copied[str(paths[0])]["mtime"] != 1 and copied == load_index(str(tmp_path / "train.json"))
 
 
 def test_train_per_class_applies_to_training_only(tmp_path):

@@ -325,9 +325,10 @@ def edited_path(manifests, edit):
           ({**TINY, "TRAIN.BATCH_SIZE": 17}, {"TRAIN.BATCH_SIZE"}, None),
           ({**TINY, "SOLVER.BASE_LR": 1e30}, {"SOLVER.BASE_LR"}, None)])
 def test_drawn_configs_and_manifests_train_a_step_or_are_refused_at_load(dataset, draws):
-    """Every draw, run by tools/train_net.py's main (several in one process), either trains (each of its steps a
-    finite loss, at least one optimiser step, a test top-1) or stops with one VidkdError naming a drawn key or the
-    edited manifest, before any step runs; never a traceback."""
+    """Every draw, run by tools/train_net.py's main (several in one process), either trains (an epoch of finite
+    mean loss over the steps not skipped, and a test top-1) or stops with one VidkdError naming a drawn key or the
+    edited manifest before any epoch ends (at load; a start past a video's end, known once decoded, at the end of
+    the first epoch, naming the video); never a traceback."""
     with folder() as d:
         runs = []
         for i, (values, _, edit) in enumerate(draws):

@@ -129,7 +129,14 @@ def read_variants(path):
     if not isinstance(variants, dict) or not variants or not all(
             isinstance(v, list) and len(v) % 2 == 0 for v in variants.values()):
         raise ConfigError(f"{path}: an ablation file maps each variant's name to a list of KEY VALUE overrides")
+    folders = [folder_name(name) for name in variants]
+    if len(set(folders)) < len(folders):
+        raise ConfigError(f"{path}: variant names must differ in more than punctuation (they name the run folders)")
     return {name: [str(x) for x in overrides] for name, overrides in variants.items()}
+
+
+def folder_name(variant):
+    return re.sub(r"\W+", "_", variant).strip("_")
 
 
 def ablation(cfg, args, variants):
@@ -138,7 +145,7 @@ def ablation(cfg, args, variants):
     for name, overrides in variants.items():
         for seed in range(args.seeds):
             print(f"\n=== {name}, seed {seed} ===")
-            out = os.path.join(cfg.OUTPUT_DIR, "ablation", re.sub(r"\W+", "_", name).strip("_"), f"seed{seed}")
+            out = os.path.join(cfg.OUTPUT_DIR, "ablation", folder_name(name), f"seed{seed}")
             done, _ = train_or_reuse(args.config, args.overrides + teacher_checkpoints(cfg) + overrides
                                      + ["SEED", str(seed)], out)
             grid.setdefault(name, []).append(done)

@@ -55,7 +55,8 @@ if __name__ == "__main__":
         print(f"=== {name} {' '.join(run_args)}", flush=True)
         if args.outcomes:
             results.append(outcome(name, run_args))
-            with open(args.outcomes, "w") as f:
-                json.dump(results, f)
+            if os.environ.get("RANK", "0") == "0":  # one file, written by rank 0 of a multi-rank launch
+                with open(args.outcomes, "w") as f:
+                    json.dump(results, f)
         elif status := tool(name)(run_args):
             sys.exit(status)

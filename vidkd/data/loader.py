@@ -208,9 +208,7 @@ def build_loaders(cfg, rank=0, world_size=1):
 
 def build_calibration_loader(cfg, train_manifest):
     """The DATA.CALIBRATION_SPLIT videos read as test views, all of them on every rank (each rank estimates the
-    same statistics from them), or None without a calibration split; its classes must be the training split's."""
-    if not cfg.DATA.CALIBRATION_SPLIT:
-        return None
+    same statistics from them); its classes must be the training split's."""
     loader = build_loader(cfg, False, split=cfg.DATA.CALIBRATION_SPLIT)
     check_same_classes(train_manifest, manifest_path(cfg, True), loader.dataset.manifest,
                        manifest_path(cfg, False, cfg.DATA.CALIBRATION_SPLIT))

@@ -179,22 +179,24 @@ def _check_types(record, path, what):
 
 def write_hold_out(manifest_path, count, seed, kept_split, held_split):
     """Split a manifest into `<kept_split>.json` and `<held_split>.json` beside it (`Manifest.hold_out`), each with
-    the part of the manifest's seek index that covers its videos; returns their paths."""
-    from vidkd.data.seeking import load_index, save_index
+    the entries of the manifest's seek index for its videos; returns their paths. A split name that would
+    overwrite the manifest, or a hold-out that leaves a class of any label set without videos to train on, is an
+    error."""
+    from vidkd.data.seeking import copy_index
 
     manifest, folder = Manifest.load(manifest_path), os.path.dirname(os.path.abspath(manifest_path))
-    index, paths, (kept, held) = load_index(manifest_path), [], manifest.hold_out(count, seed)
-    head = next(iter(manifest.label_sets))
-    empty = sorted({r.targets[head] for r in manifest.samples} - {r.targets[head] for r in kept.samples})
-    if empty:
-        raise AnnotationError(manifest_path, 0, f"holding out {count} videos per class leaves none of class(es) "
-                                                f"{', '.join(manifest.label_sets[head][c] for c in empty[:5])} to "
-                                                f"train on: hold out fewer")
-    for split, part in zip((kept_split, held_split), (kept, held)):
-        path = os.path.join(folder, f"{split}.json")
-        part = replace(part, split=split)
-        part.save(path)
-        videos = {os.path.abspath(manifest.abspath(r)) for r in part.samples}
-        save_index(path, {p: v for p, v in index.items() if p in videos})
-        paths.append(path)
+    paths = [os.path.join(folder, f"{split}.json") for split in (kept_split, held_split)]
+    if len({*paths, os.path.abspath(manifest_path)}) < 3:
+        raise AnnotationError(manifest_path, 0, f"the kept ({kept_split!r}) and held ({held_split!r}) splits need "
+                                                f"two names other than this manifest's")
+    kept, held = manifest.hold_out(count, seed)
+    for head, names in manifest.label_sets.items():
+        empty = sorted({r.targets[head] for r in manifest.samples} - {r.targets[head] for r in kept.samples})
+        if empty:
+            raise AnnotationError(manifest_path, 0, f"holding out {count} videos per class leaves none of {head} "
+                                                    f"class(es) {', '.join(names[c] for c in empty[:5])} to train "
+                                                    f"on: hold out fewer")
+    for path, split, part in zip(paths, (kept_split, held_split), (kept, held)):
+        replace(part, split=split).save(path)
+        copy_index(manifest_path, path, {os.path.abspath(manifest.abspath(r)) for r in part.samples})
     return paths

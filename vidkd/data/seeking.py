@@ -117,6 +117,17 @@ def save_index(manifest_path, verdicts):
     os.replace(tmp, index_path(manifest_path))
 
 
+def copy_index(source_manifest, target_manifest, videos):
+    """Give `target_manifest` the entries of `source_manifest`'s seek index for `videos` (absolute paths), as they
+    are: an entry made for an older state of its file stays stale (the file is probed when read)."""
+    videos = set(videos)
+    entries = {p: v for p, v in load_index(source_manifest).items() if p in videos}
+    tmp = index_path(target_manifest) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"versions": decoder_versions(), "videos": entries}, f, indent=0)
+    os.replace(tmp, index_path(target_manifest))
+
+
 def load_index(manifest_path):
     """The `videos` of a manifest's seek index, or {} when there is none (its files are probed on first use). An
     unreadable index, or one made by other decoder versions, is ignored the same way."""

@@ -62,6 +62,8 @@ class Distiller(nn.Module):
 
         return fp32(logits), [fp32(f) for f in features], fp32(embedding)
 
+    calibrates = False  # whether `calibrate` has anything to estimate (with this config)
+
     def calibrate(self, loader, device):
         """Estimate what the method needs from labelled videos its teachers did not train on (`loader`: test views
         of DATA.CALIBRATION_SPLIT), before training; deterministic, so a resumed run estimates the same."""

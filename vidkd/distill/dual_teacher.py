@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vidkd.distill.base import Distiller
 from vidkd.distill.losses import kd_loss, kl_per_sample, match_grid, rkd_loss
-from vidkd.errors import ConfigError
+from vidkd.errors import ConfigError, DataError
 from vidkd.models.taps import probe
 
 log = logging.getLogger("vidkd.distill")
@@ -61,8 +61,8 @@ def fit_temperature(logits, y):
     """The temperature T minimising the NLL of softmax(logits / T) over held-out samples (temperature scaling,
     Guo et al., ICML 2017), searched on a log grid from 0.05 to 50."""
     grid = torch.logspace(math.log10(0.05), math.log10(50), 121, dtype=torch.float64)
-    nll = torch.stack([F.cross_entropy(logits.double() / t, y) for t in grid])
-    return float(grid[nll.argmin()])
+    nll = torch.stack([F.cross_entropy(logits.double() / t, y) for t in grid])  # NLL(softmax(z / T), y)
+    return float(grid[nll.argmin()])  # T* = argmin_T NLL
 
 
 def position_norm(x):
@@ -128,14 +128,17 @@ class DualTeacher(Distiller):
             self.g_main = nn.Conv3d(c_s, c.SDD_DIM, 1)
             self.g_aux = discrepancy_branch(c_s, c.SDD_DIM)
 
+    @property
+    def calibrates(self):
+        return self.cfg.DATW_CALIBRATE or self.cfg.DATW_CONFIDENCE == "heldout_class"
+
     @torch.no_grad()
     def calibrate(self, loader, device):
         """DATW's estimates on videos the teachers did not train on (every view of DATA.CALIBRATION_SPLIT), per
         head: each teacher's temperature T_k (DATW_CALIBRATE; else 1) and its mean true-class probability per
-        class, softmax(z_k / T_k)[y], for DATW_CONFIDENCE heldout_class (a class without videos there takes
-        the teacher's mean over all classes). Nothing to estimate for the other DATW options."""
-        if not (self.cfg.DATW_CALIBRATE or self.cfg.DATW_CONFIDENCE == "heldout_class"):
-            return
+        class, softmax(z_k / T_k)[y], for DATW_CONFIDENCE heldout_class (a class without views there takes the
+        teacher's mean over all views). The views are test views (centre crops), as the teachers' reliability on
+        unseen videos is meant; training clips are crops of other scales, which the estimates do not model."""
         logits, labels = [[], []], {h: [] for h in self.heads}
         loader.set_epoch(0)
         for batch in tqdm(loader, desc="calibration", unit="batch", leave=False):
@@ -146,6 +149,8 @@ class DualTeacher(Distiller):
                 logits[k].append(self.run_teacher(k, video)[0][valid].cpu())
             for h in self.heads:
                 labels[h].append(batch["targets"][h][valid])
+        if not sum(len(z_k) for z_k in logits[0]):
+            raise DataError("DATA.CALIBRATION_SPLIT: no view of its videos decodes: nothing to estimate DATW on")
         z = [self.split(torch.cat(z_k)) for z_k in logits]
         for h, classes in self.heads.items():
             y = torch.cat(labels[h])
@@ -181,6 +186,9 @@ class DualTeacher(Distiller):
         z_s, f_s, e_s = self.student_taps(video)
         losses = {"ce": c.CE_WEIGHT * self.ce(z_s, y)}
         datw, s, v, cnn = 0.0, self.split(z_s), self.split(t["z_v"]), self.split(t["z_c"])
+        if self.calibrates and not self.heldout:
+            raise ConfigError("DISTILL.DATW_CALIBRATE / DATW_CONFIDENCE heldout_class: estimated by `calibrate` on "
+                              "DATA.CALIBRATION_SPLIT before training (the trainer does it); it was not called")
         for i, h in enumerate(self.heads):
             if c.DATW_CALIBRATE:  # calibrated teachers: z_k / T_k
                 v[h], cnn[h] = v[h] / self.temperature[h][0], cnn[h] / self.temperature[h][1]

@@ -117,8 +117,8 @@ def broadcast_text(text, device):
     data = torch.tensor(list(text.encode()) if rank() == 0 and text is not None else [], dtype=torch.uint8)
     size = torch.tensor([len(data) if rank() == 0 and text is not None else -1], dtype=torch.int64, device=device)
     torch.distributed.broadcast(size, 0)
-    if size.item() < 0:
-        return None
+    if size.item() <= 0:
+        return None if size.item() < 0 else ""
     buffer = data.to(device) if rank() == 0 else torch.empty(size.item(), dtype=torch.uint8, device=device)
     torch.distributed.broadcast(buffer, 0)
     return bytes(buffer.cpu().tolist()).decode()

@@ -198,8 +198,11 @@ def damage(folder):
         path = os.path.join(folder, file)
         if not os.path.isfile(path):
             return f"{path} is missing"
-        if sha256_of_files([path]) != digest:
-            return f"{path} does not match its SHA-256 in {meta_path}"
+        try:
+            if sha256_of_files([path]) != digest:
+                return f"{path} does not match its SHA-256 in {meta_path}"
+        except OSError as e:  # unreadable: damage like any other (every rank waits for rank 0's verdict)
+            return f"{path} cannot be read ({e})"
     return None
 
 

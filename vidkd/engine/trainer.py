@@ -182,7 +182,6 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.SEED)
         self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world)
-        calibration = build_calibration_loader(cfg, self.train_loader.dataset.manifest)
         check_steps(cfg, self.train_loader, self.world)
         label_sets = self.train_loader.dataset.manifest.label_sets
         self.heads = {h: len(names) for h, names in label_sets.items()}
@@ -191,8 +190,8 @@ class Trainer:
                               f"has {sum(self.heads.values())} classes ({self.heads}): set it to 0 or to that")
         self.class_names = label_sets
         distiller = build_training(cfg, self.heads, self.device)
-        if calibration is not None:
-            distiller.calibrate(calibration, self.device)
+        if distiller.calibrates:
+            distiller.calibrate(build_calibration_loader(cfg, self.train_loader.dataset.manifest), self.device)
         check_student_runs(cfg, distiller.student)
         s, t = cfg.SOLVER, cfg.TRAIN
         groups = param_groups(distiller, s.WEIGHT_DECAY)
