@@ -6,6 +6,12 @@ A heterogeneous ViT teacher V and a homogeneous 3D-CNN teacher C teach a lightwe
 DATW (2.1), per sample and head, all detached: `s_k = log(c_k + 1e-8) + lambda_d * d_k`,
 `w = softmax_k(s / tau_w)`, `z_f = w_V z_V + w_C z_C`, `L_DATW = T^2 KL(softmax(z_f / T) || p_s)`. With
 confidence `neg_entropy` the confidence term is `-H(p_k)` itself (already on a log scale).
+On the training videos, which the teachers usually trained on too, every teacher is confident and right, so a
+confidence measured there cannot tell a teacher that generalises from one that memorised. With
+DATA.CALIBRATION_SPLIT (videos the teachers did not train on, data_prep/hold_out.py), `calibrate` measures each
+teacher there before training: `heldout_class` confidence is its mean true-class probability per class, and
+DATW_CALIBRATE divides its logits by a temperature fitted there (minimum NLL). DATW_DISCREPANCY_WHERE
+teacher_right counts `d_k` only where teacher k predicts the label. The README's ablation measures all of them.
 
 SDD (2.2): both teachers' last-stage maps, pooled to the student's last-stage grid, are projected to width d
 by phi_V, phi_C (fixed seeded orthogonal 1x1x1 convs, or phi_V learned to predict phi_C(f_C) from f_V on
