@@ -107,7 +107,7 @@ def test_an_output_dir_that_is_a_file_or_inside_one_is_refused(tmp_path):
 
 def test_every_run_of_the_demo_and_of_its_ablation_validates(tmp_path):
     """tools/demo.py's six trainings, each its config file with its overrides, and every variant of
-    configs/demo/ablation.yaml (every file of configs/ loads: test_config.py)."""
+    configs/ablations/demo.yaml (every file of configs/ loads: test_config.py)."""
     demo = runpy.run_path(os.path.join(REPO, "tools", "demo.py"))
     args = argparse.Namespace(**{k: os.path.join(REPO, "configs", "demo", f"{name}.yaml") for k, name in
                                  [("config", "synthetic"), ("vit_config", "teacher_vit"), ("cnn_config", "teacher_cnn")]},
@@ -117,7 +117,7 @@ def test_every_run_of_the_demo_and_of_its_ablation_validates(tmp_path):
     assert len(runs) == 6
     for name, _, path, overrides in runs:
         assert load_config(path, overrides + ["OUTPUT_DIR", str(tmp_path / name)]).OUTPUT_DIR == str(tmp_path / name)
-    variants = demo["read_variants"](os.path.join(REPO, "configs", "demo", "ablation.yaml"))
+    variants = demo["read_variants"](os.path.join(REPO, "configs", "ablations", "demo.yaml"))
     assert len(variants) >= 17 and {"student alone", "KD from the ViT", "KD from the CNN", "dual (default)"} <= set(
         variants)
     for overrides in variants.values():

@@ -2,7 +2,7 @@
 
     python tools/demo.py [--data data/synthetic] [--config configs/demo/synthetic.yaml]
                          [--vit-config configs/demo/teacher_vit.yaml] [--cnn-config configs/demo/teacher_cnn.yaml]
-                         [--ablation configs/demo/ablation.yaml --seeds 3] [KEY VALUE ...]
+                         [--ablation configs/ablations/demo.yaml --seeds 3] [KEY VALUE ...]
 
 1. writes the synthetic dataset (HMDB51 layout, real H.264 files) unless it is there, reads it into
    manifests (split 1), checks every video, and holds out HELD_OUT training videos per class that the teachers
@@ -185,7 +185,7 @@ def main(argv=None):
     p.add_argument("--config", default="configs/demo/synthetic.yaml")
     p.add_argument("--vit-config", default="configs/demo/teacher_vit.yaml", help="the ViT teacher's training")
     p.add_argument("--cnn-config", default="configs/demo/teacher_cnn.yaml", help="the 3D-CNN teacher's training")
-    p.add_argument("--ablation", help="a file of student variants (configs/demo/ablation.yaml) to run over seeds")
+    p.add_argument("--ablation", help="a file of student variants (configs/ablations/demo.yaml) to run over seeds")
     p.add_argument("--seeds", type=int, default=3, help="seeds of each ablation variant (SEED 0 .. N-1)")
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
     args = p.parse_args(argv)
@@ -225,7 +225,8 @@ def main(argv=None):
     best = max(rows[3:5], key=lambda r: r[1]["metrics"]["top1"])
     dual = rows[5][1]["metrics"]["top1"]
     print(f"\ndual teacher - best single-teacher KD ({best[0]}): {dual - best[1]['metrics']['top1']:+.1f} points top-1 "
-          f"({cfg.TEST.NUM_CLIPS} clips x {cfg.TEST.NUM_CROPS} crops, {rows[2][1]['metrics']['num_videos']} test videos; "
+          f"({cfg.TEST.NUM_CLIPS} clips x {cfg.TEST.NUM_CROPS} crops, "
+          f"{rows[2][1]['metrics']['num_videos']} test videos; "
           f"one seed: tools/demo.py --ablation gives the spread over seeds)")
     print(f"plots: {cfg.OUTPUT_DIR}/summary.png and {cfg.OUTPUT_DIR}/<run>/curves.png; "
           f"total {(time.time() - start) / 60:.1f} min")
