@@ -20,9 +20,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hypothesis import settings
 
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
 from vidkd.data.synthetic import make_dataset
+
+# The property tests draw the same examples on every run of `make test` (a verdict on the code, not on the
+# draw); VIDKD_HYPOTHESIS=explore draws new ones, to search for failures, each found one kept as an @example.
+settings.register_profile("make-test", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("VIDKD_HYPOTHESIS", "make-test"))
 
 CODECS = {  # name -> (codec, container extension, pixel format): HMDB51-era AVI codecs and H.264 mp4
     "h264": ("libx264", "mp4", "yuv420p"),

@@ -68,3 +68,22 @@ def test_unknown_model_and_wrong_frame_count():
         build_model("x4d", 3)
     with pytest.raises(ValueError, match="built for 4 frames"):
         build_model("tsm_resnet18", 3, 4, 64)(torch.randn(1, 3, 8, 64, 64))
+
+
+@pytest.mark.parametrize("name, frames, crop, key, cause", [
+    ("c3d_tiny", 2, 1, "TRAIN_CROP_SIZE", "Output size is too small"),  # a pooling shrinks the crop to nothing
+    ("s3d", 4, 32, "TEST_CROP_SIZE", "Output size is too small"),  # too few frames for its temporal stride
+    ("videomae_vit_ti", 3, 32, "TRAIN_CROP_SIZE", "not divisible into 2x16x16 tubelets"),  # a builder's refusal
+])
+def test_a_clip_a_model_cannot_take_is_refused_by_its_config_keys(name, frames, crop, key, cause):
+    from vidkd.config.defaults import get_defaults
+    from vidkd.errors import ConfigError
+    from vidkd.models import build_from_config
+
+    cfg = get_defaults()
+    cfg.DATA.NUM_FRAMES, cfg.DATA[key] = frames, crop
+    with pytest.raises(ConfigError, match=rf"config keys DATA.NUM_FRAMES {frames} and DATA.{key} {crop}: the model "
+                                          rf"{name} cannot take a {frames} x {crop} x {crop} clip \(.*{cause}"):
+        build_from_config(cfg, name, 5, key)
+    cfg.DATA.NUM_FRAMES, cfg.DATA[key] = 8, 32
+    assert build_from_config(cfg, name, 5, key)(torch.zeros(1, 3, 8, 32, 32)).shape == (1, 5)

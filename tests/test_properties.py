@@ -323,7 +323,9 @@ def edited_path(manifests, edit):
           ({**TINY, "DATA.STD": [1e-9, 1.0, 1.0]}, {"DATA.STD"}, None),
           (TINY, set(), ("train", "start_frame", 10**6)), (TINY, set(), ("test", "names", "a")),
           ({**TINY, "TRAIN.BATCH_SIZE": 17}, {"TRAIN.BATCH_SIZE"}, None),
-          ({**TINY, "SOLVER.BASE_LR": 1e30}, {"SOLVER.BASE_LR"}, None)])
+          ({**TINY, "SOLVER.BASE_LR": 1e30}, {"SOLVER.BASE_LR"}, None),
+          ({**TINY, "DATA.TRAIN_CROP_SIZE": 1}, {"DATA.TRAIN_CROP_SIZE"}, None),  # found by a random draw
+          ({**TINY, "DATA.TEST_CROP_SIZE": 1}, {"DATA.TEST_CROP_SIZE"}, None)])
 def test_drawn_configs_and_manifests_train_a_step_or_are_refused_at_load(dataset, draws):
     """Every draw, run by tools/train_net.py's main (several in one process), either trains (an epoch of finite
     mean loss over the steps not skipped, and a test top-1) or stops with one VidkdError naming a drawn key or the

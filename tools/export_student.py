@@ -61,7 +61,7 @@ def load_student(cfg, checkpoint):
     if heads is None:
         manifest = Manifest.load(os.path.join(cfg.DATA.MANIFEST_DIR, f"{cfg.DATA.TEST_SPLIT}.json"))
         heads = {head: len(names) for head, names in manifest.label_sets.items()}
-    model = build_from_config(cfg, name, sum(heads.values()), cfg.DATA.TEST_CROP_SIZE)
+    model = build_from_config(cfg, name, sum(heads.values()), "TEST_CROP_SIZE")
     report = load_checkpoint(model, checkpoint, partial=True)  # partial: to name the keys in an export's own terms
     if report["unexpected"] or report["missing"]:
         raise CheckpointError(f"{checkpoint}: does not hold exactly the weights of the student {name}, so nothing "

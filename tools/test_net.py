@@ -113,7 +113,7 @@ def main(argv=None):
         log.warning("DATA.TEST_CROP_SIZE %d != DATA.TRAIN_CROP_SIZE %d: the model is built for %d-pixel crops "
                     "(pooling and position tables follow the crop size)", d.TEST_CROP_SIZE, d.TRAIN_CROP_SIZE,
                     d.TEST_CROP_SIZE)
-    model = build_from_config(cfg, name, sum(heads.values()), d.TEST_CROP_SIZE)
+    model = build_from_config(cfg, name, sum(heads.values()), "TEST_CROP_SIZE")
     report = load_checkpoint(model, args.checkpoint, cfg.MODEL.PARTIAL_LOAD)
     if rank == 0:
         log.info("%s from %s: %s", name, args.checkpoint, report)

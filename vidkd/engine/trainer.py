@@ -21,6 +21,7 @@ from vidkd.engine.ema import EMA
 from vidkd.engine.evaluate import MultiViewEvaluator
 from vidkd.errors import ConfigError, TrainingError
 from vidkd.models import MODELS, build_from_config
+from vidkd.models.base import check_takes_clip
 from vidkd.models.base import split_heads
 from vidkd.models.checkpoint import load_checkpoint, save_model
 from vidkd.models.fast import speed_up
@@ -77,10 +78,12 @@ def check_precision(cfg, device):
 
 
 def check_student_runs(cfg, student):
-    """One clip through the student in the training precision on its device, before the run starts: a layer with
-    no kernel for that dtype there (on the CPU, X3D's 3D average pool has none for bf16) fails here, by name."""
+    """A training and a test clip through the student in the training precision on its device, before the run
+    starts (their sizes were checked in fp32 when it was built): a layer with no kernel for that dtype there (on
+    the CPU, X3D's 3D average pool has none for bf16) fails here, by name."""
     try:
-        probe(student, cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)
+        for crop in {cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE}:
+            probe(student, cfg.DATA.NUM_FRAMES, crop)
     except (RuntimeError, NotImplementedError) as e:
         device = next(student.parameters()).device
         raise ConfigError(f"config key DEEPSPEED.PRECISION {cfg.DEEPSPEED.PRECISION}: the student "
@@ -119,6 +122,7 @@ def build_models(cfg, heads):
     (vidkd.models.fast), on the CPU in fp32."""
     k, m = sum(heads.values()), cfg.MODEL
     student = build_from_config(cfg, m.STUDENT, k)
+    check_takes_clip(student, cfg, "TEST_CROP_SIZE")  # the evaluation's clips
     if m.STUDENT_CHECKPOINT:
         log.info("student: %s", load_checkpoint(student, m.STUDENT_CHECKPOINT, m.PARTIAL_LOAD))
     teachers = []
@@ -191,6 +195,8 @@ class Trainer:
         self.class_names = label_sets
         distiller = build_training(cfg, self.heads, self.device)
         if distiller.calibrates:
+            for teacher in distiller.teachers:  # the calibration split is read as test views
+                check_takes_clip(teacher, cfg, "TEST_CROP_SIZE")
             distiller.calibrate(build_calibration_loader(cfg, self.train_loader.dataset.manifest), self.device)
         check_student_runs(cfg, distiller.student)
         s, t = cfg.SOLVER, cfg.TRAIN

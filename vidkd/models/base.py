@@ -5,7 +5,12 @@ submodules are its stages (`stage_names`, shallow to deep) and which `nn.Linear`
 (`head_name`); `vidkd.models.taps` reads stage features and the pooled embedding through forward hooks on
 those submodules, with shapes probed by one dummy forward.
 """
+import contextlib
+
 import torch.nn as nn
+
+from vidkd.errors import ConfigError
+from vidkd.models.taps import probe
 
 MODELS = {}
 
@@ -44,10 +49,33 @@ def config_kwargs(cfg, name):
     return {"stem": m.VIT_STEM, "init_scale": m.VIT_HEAD_INIT_SCALE, **{k: v for k, v in options.items() if v}}
 
 
-def build_from_config(cfg, name, num_classes, crop_size=None):
-    """`name` built for the config's clip (DATA.NUM_FRAMES x DATA.TRAIN_CROP_SIZE, or `crop_size`)."""
-    return build_model(name, num_classes, cfg.DATA.NUM_FRAMES, crop_size or cfg.DATA.TRAIN_CROP_SIZE,
-                       **config_kwargs(cfg, name))
+def build_from_config(cfg, name, num_classes, crop_key="TRAIN_CROP_SIZE"):
+    """`name` built for the config's clip (DATA.NUM_FRAMES x DATA.<crop_key>), refused by the keys if it cannot
+    be built for that clip or cannot take it (a crop its pooling shrinks to nothing, too few frames for its
+    temporal stride)."""
+    frames, crop = cfg.DATA.NUM_FRAMES, cfg.DATA[crop_key]
+    with clip_refused(cfg, name, crop_key):
+        model = build_model(name, num_classes, frames, crop, **config_kwargs(cfg, name))
+    check_takes_clip(model, cfg, crop_key)
+    return model
+
+
+def check_takes_clip(model, cfg, crop_key):
+    """One dummy clip of DATA.NUM_FRAMES x DATA.<crop_key> through `model` (in its dtype, on its device)."""
+    with clip_refused(cfg, model.name, crop_key):
+        probe(model, cfg.DATA.NUM_FRAMES, cfg.DATA[crop_key])
+
+
+@contextlib.contextmanager
+def clip_refused(cfg, name, crop_key):
+    """A model's shape error (RuntimeError from a layer, ValueError from a builder) as a ConfigError naming
+    DATA.NUM_FRAMES and DATA.<crop_key>."""
+    frames, crop = cfg.DATA.NUM_FRAMES, cfg.DATA[crop_key]
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"config keys DATA.NUM_FRAMES {frames} and DATA.{crop_key} {crop}: the model {name} "
+                          f"cannot take a {frames} x {crop} x {crop} clip ({str(e).splitlines()[0]})") from None
 
 
 class VideoModel(nn.Module):
