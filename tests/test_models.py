@@ -86,4 +86,4 @@ def test_a_clip_a_model_cannot_take_is_refused_by_its_config_keys(name, frames, 
                                           rf"{name} cannot take a {frames} x {crop} x {crop} clip \(.*{cause}"):
         build_from_config(cfg, name, 5, key)
     cfg.DATA.NUM_FRAMES, cfg.DATA[key] = 8, 32
-    assert build_from_config(cfg, name, 5, key)(torch.zeros(1, 3, 8, 32, 32)).shape == (1, 5)
+    assert build_from_config(cfg, name, 5, key).eval()(torch.zeros(1, 3, 8, 32, 32)).shape == (1, 5)
