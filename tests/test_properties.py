@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import launch, records
 from test_datasets import E_HEADER, K_HEADER, make_epic, make_hmdb
 
-from vidkd.config import BASE_KEY, load_config
+from vidkd.config import BASE_KEY, load_config, set_dotted, value_at
 from vidkd.config.defaults import RELATIONS, RULES, get_defaults
 from vidkd.config.rules import List, OneOf, OutputDir, Range, Text
 from vidkd.data.datasets.epic_kitchens import parse_epic100
@@ -191,17 +191,11 @@ def rule_values(rule, default):
     return st.booleans()
 
 
-def _value(cfg, dotted):
-    for part in dotted.split("."):
-        cfg = cfg[part]
-    return cfg
-
-
 @st.composite
 def rule_draws(draw):
     """{dotted key: value} for one to four keys, each value drawn across its rule's range."""
     keys = draw(st.lists(st.sampled_from(sorted(RULES)), min_size=1, max_size=4, unique=True))
-    return {k: draw(rule_values(RULES[k], _value(get_defaults(), k))) for k in keys}
+    return {k: draw(rule_values(RULES[k], value_at(get_defaults(), k))) for k in keys}
 
 
 # The values the study of issue 15 found unchecked, by an oracle of their own (not the rule table).
@@ -241,8 +235,7 @@ def test_values_across_the_rules_pass_or_are_refused_naming_the_key_and_its_line
     ConfigError at `file:line: config key 'KEY'`, KEY one of the drawn keys and line the one that set it."""
     data = {}
     for dotted, value in values.items():
-        *group, key = dotted.split(".")
-        (data.setdefault(group[0], {}) if group else data)[key] = value
+        set_dotted(data, dotted, value)
     text = yaml.safe_dump(data)
     with folder() as d:
         path = write_bytes(d / "c.yaml", text.encode())
@@ -252,7 +245,7 @@ def test_values_across_the_rules_pass_or_are_refused_naming_the_key_and_its_line
         assert isinstance(result, ConfigError) and found and found[2] in values, str(result)
         assert yaml_lines(text)[found[2]] == int(found[1]), str(result)
     else:
-        assert not [k for k in values if k in ABSURD and ABSURD[k](_value(result, k))], values
+        assert not [k for k in values if k in ABSURD and ABSURD[k](value_at(result, k))], values
 
 
 # Training runs: a drawn config and manifest trains a step or is refused before anything runs.
@@ -337,8 +330,7 @@ def test_drawn_configs_and_manifests_train_a_step_or_are_refused_at_load(dataset
             edit_manifests(str(dataset / "manifests"), str(d / f"m{i}"), edit)
             data = {"OUTPUT_DIR": str(d / f"run{i}"), "DATA": {"MANIFEST_DIR": str(d / f"m{i}")}}
             for dotted, value in values.items():
-                *group, key = dotted.split(".")
-                (data.setdefault(group[0], {}) if group else data)[key] = value
+                set_dotted(data, dotted, value)
             write_bytes(d / f"c{i}.yaml", yaml.safe_dump(data).encode())
             runs.append(["train_net", "--config", str(d / f"c{i}.yaml"), "--resume", "none"])
         (d / "runs.json").write_text(json.dumps(runs))

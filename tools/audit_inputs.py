@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from vidkd.cli import run
+from vidkd.config import set_dotted
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
 from vidkd.data.synthetic import make_dataset
 
@@ -87,8 +88,7 @@ def merged(base, changes):
     """`base` (nested dict) with `changes` {"GROUP.KEY" or "KEY": value} set."""
     out = json.loads(json.dumps(base))
     for dotted, value in changes.items():
-        *group, key = dotted.split(".")
-        (out.setdefault(group[0], {}) if group else out)[key] = value
+        set_dotted(out, dotted, value)
     return out
 
 

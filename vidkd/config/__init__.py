@@ -150,21 +150,30 @@ def _did_you_mean(node, part):
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def _value(cfg, dotted):
+def value_at(cfg, dotted):
+    """`cfg["DATA"]["NUM_FRAMES"]` for "DATA.NUM_FRAMES"."""
     node = cfg
     for part in dotted.split("."):
         node = node[part]
     return node
 
 
+def set_dotted(tree, dotted, value):
+    """In a nested dict (a yaml config's data), set "GROUP.KEY" (or a top-level "KEY") to `value`."""
+    *groups, key = dotted.split(".")
+    for group in groups:
+        tree = tree.setdefault(group, {})
+    tree[key] = value
+
+
 def _check_values(cfg, origins):
     """Each value against its rule, then the relations between keys (which may count on the rules)."""
     for dotted, rule in RULES.items():
-        value = _value(cfg, dotted)
+        value = value_at(cfg, dotted)
         if not rule(value):
             raise ConfigError(f"{origins.get(dotted, 'defaults')}: config key {dotted!r} must be {rule}, got {value!r}")
     for keys, holds, text in RELATIONS:
-        values = [_value(cfg, k) for k in keys]
+        values = [value_at(cfg, k) for k in keys]
         if not holds(*values):
             key = next(k for k in keys if k in origins)  # the defaults keep every relation: some key was set
             shown = ", ".join(f"{k} = {v!r} ({origins.get(k, 'default')})" for k, v in zip(keys, values))
