@@ -405,7 +405,7 @@ def test_epic100_real_segments_decode_at_their_timestamps(tmp_path, video_factor
     for j, rec in enumerate(m.samples):
         item, row = ds[j], rows[rec.id]
         assert item["valid"], item["failures"]
-        shown = frame_numbers((item["video"].permute(1, 2, 3, 0) * 255).round(), digits=2)
+        shown = frame_numbers((item["input"].permute(1, 2, 3, 0) * 255).round(), digits=2)
         assert shown == sorted(shown) and set(shown) == set(range(shown[0], shown[-1] + 1))  # every frame, in order
         rate = float(rates[rec.id])
         start, stop = seconds(row["start_timestamp"]), seconds(row["stop_timestamp"])

@@ -34,7 +34,7 @@ def make(method, heads=None, *overrides):
 def batch(heads=None, n=6):
     g = torch.Generator().manual_seed(1)
     heads = heads or {"label": 4}
-    return {"video": torch.randn(n, 3, FRAMES, CROP, CROP, generator=g),
+    return {"input": torch.randn(n, 3, FRAMES, CROP, CROP, generator=g),
             "targets": {h: torch.randint(0, k, (n,), generator=g) for h, k in heads.items()}}
 
 
@@ -152,10 +152,10 @@ def test_calibrate_estimates_each_teachers_class_confidence_on_the_heldout_views
     views = [batch(n=4), batch(n=3)]
     views[1]["targets"]["label"] = torch.tensor([3, 3, 1])
     for b in views:
-        b["valid"] = torch.ones(len(b["video"]), dtype=torch.bool)
+        b["valid"] = torch.ones(len(b["input"]), dtype=torch.bool)
     views[0]["valid"][2] = False  # a view that did not decode: left out
     d.calibrate(Batches(views), torch.device("cpu"))
-    video = torch.cat([views[0]["video"][[0, 1, 3]], views[1]["video"]])
+    video = torch.cat([views[0]["input"][[0, 1, 3]], views[1]["input"]])
     y = torch.cat([views[0]["targets"]["label"][[0, 1, 3]], views[1]["targets"]["label"]])
     for k in (0, 1):
         z = d.run_teacher(k, video)[0]
@@ -180,8 +180,8 @@ def test_sdd_targets_are_detached_and_projections_fixed():
     assert torch.allclose(w.T @ w, torch.eye(w.shape[1]), atol=1e-5)
     phi_before = distiller.phi_v.weight.clone()
     b = batch()
-    _, f_v, _ = distiller.run_teacher(0, b["video"])
-    _, f_c, _ = distiller.run_teacher(1, b["video"])
+    _, f_v, _ = distiller.run_teacher(0, b["input"])
+    _, f_c, _ = distiller.run_teacher(1, b["input"])
     f_v, f_c = f_v[-1].requires_grad_(), f_c[-1].requires_grad_()
     r_c, r_res, _ = distiller.sdd_targets(f_v, f_c, (1, 1, 1))
     assert not r_c.requires_grad and not r_res.requires_grad
@@ -248,5 +248,5 @@ def test_no_stage_map_outlives_a_step(method):
     _, losses = distiller(batch())
     sum(losses.values()).backward()
     assert distiller.student_taps._saved == {} and all(t._saved == {} for t in distiller.teacher_taps)
-    distiller.student(batch()["video"])  # a plain forward (evaluation) keeps nothing either
+    distiller.student(batch()["input"])  # a plain forward (evaluation) keeps nothing either
     assert distiller.student_taps._saved == {}

@@ -129,7 +129,7 @@ def test_a_dual_teacher_run_estimates_datw_on_the_calibration_split(dataset, tmp
     assert re.search(r"calibration \(8 views, head label\): ViT top-1 [\d.]+, T [\d.e+-]+, mean true-class p "
                      r"[\d.]+; CNN top-1", run.stderr), run.stderr[-3000:]
     (record,) = records(out)
-    assert math.isfinite(record["loss/datw"]) and "datw/w_vit_mean" in record
+    assert math.isfinite(record["loss/datw"]) and "stats/w_vit/mean" in record
     plain = ok(launch(["tools/train_net.py", "--config", write_config(
         tmp_path / "plain.yaml", dataset, tmp_path / "plain", "dual_teacher", MODEL={"TEACHERS": ["c3d_tiny"] * 2},
         TRAIN={"EPOCHS": 1}, DATA={"CALIBRATION_SPLIT": "test"}, DISTILL={"SDD_DIM": 16})]))

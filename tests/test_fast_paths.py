@@ -58,7 +58,7 @@ def test_every_method_backpropagates_through_inference_mode_teachers(variant):
         assert distiller.phi_v.weight.grad is not None  # phi_V trains on the ViT's features
     assert not any(p.grad is not None for t in distiller.teachers for p in t.parameters())
     if distiller.teachers:
-        logits, features, embedding = distiller.run_teacher(0, batch()["video"])
+        logits, features, embedding = distiller.run_teacher(0, batch()["input"])
         assert all(t.dtype == torch.float32 and not t.is_inference() and not t.requires_grad
                    for t in [logits, *features, embedding])
 
@@ -83,7 +83,7 @@ def test_teacher_autocast_is_a_no_op_on_the_cpu():
 def test_teacher_autocast_runs_bf16_where_asked_with_fp32_outputs(monkeypatch, autocast_devices, head_dtype):
     """The same code path as on a GPU, run on this CPU by adding the CPU to the autocast devices."""
     monkeypatch.setattr(fast_paths, "AUTOCAST_DEVICES", autocast_devices)
-    distiller, video = make("kd"), batch()["video"]
+    distiller, video = make("kd"), batch()["input"]
     expected = distiller.run_teacher(0, video)
     speed_up(distiller.teachers[0], fast("TEACHER_AUTOCAST"), teacher=True)
     dtypes = []

@@ -272,7 +272,7 @@ def test_full_i3d_shapes_stages_embedding_and_head():
     with torch.no_grad():
         assert model(torch.randn(1, 3, 16, 112, 112)).shape == (1, 400)
         assert model(torch.randn(1, 3, 8, 224, 224)).shape == (1, 400)
-    info = probe(model, 16, 64)
+    info = probe(model, (16, 64, 64))
     assert [s["channels"] for s in info["stages"]] == [192, 480, 832, 1024]
     assert [s["stride"] for s in info["stages"]] == [(2, 4, 4), (2, 8, 8), (4, 16, 16), (8, 32, 32)]
     assert info["embed_dim"] == 1024

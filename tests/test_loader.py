@@ -52,11 +52,11 @@ def test_training_batches_identical_with_0_and_2_workers(tmp_path):
     runs = [batches(build_loader(config(tmp_path, "DATA.NUM_WORKERS", str(w)), train=True)) for w in (0, 2)]
     assert len(runs[0]) == len(runs[1]) == 3
     for a, b in zip(*runs):
-        assert a["video"].shape == (2, 3, 8, 56, 56) and a["video"].dtype == torch.float32
-        assert torch.equal(a["video"], b["video"]) and torch.equal(a["index"], b["index"])
+        assert a["input"].shape == (2, 3, 8, 56, 56) and a["input"].dtype == torch.float32
+        assert torch.equal(a["input"], b["input"]) and torch.equal(a["index"], b["index"])
         assert torch.equal(a["targets"]["label"], a["index"] % 3)
     other_epoch = batches(build_loader(config(tmp_path), train=True), epoch=1)
-    assert not torch.equal(torch.cat([b["video"] for b in runs[0]]), torch.cat([b["video"] for b in other_epoch]))
+    assert not torch.equal(torch.cat([b["input"] for b in runs[0]]), torch.cat([b["input"] for b in other_epoch]))
 
 
 def test_test_views_cover_every_clip_and_crop(tmp_path):
@@ -74,7 +74,7 @@ def test_test_clip_frames_are_the_sampled_ones(tmp_path):
     ds = VideoDataset(manifest, spec, TestTransform(72, 64, [0, 0, 0], [1, 1, 1]), False, n_clips=2, n_crops=1)
     for view, expected in [(0, [0, 3, 6, 9]), (1, [30, 33, 36, 39])]:
         item = ds[view]
-        frames = (item["video"].permute(1, 2, 3, 0) * 255).round()
+        frames = (item["input"].permute(1, 2, 3, 0) * 255).round()
         assert item["view"] == view and frame_numbers(frames) == expected
 
 
@@ -111,13 +111,13 @@ def test_epic_style_segments_and_frame_folders(tmp_path):
     # floor(10 + (k + 0.5) * 1.25)
     for j, expected in [(0, [10, 11, 13, 14]), (1, [21, 23, 26, 28])]:
         item = ds[j]
-        frames = (item["video"].permute(1, 2, 3, 0) * 255).round()
+        frames = (item["input"].permute(1, 2, 3, 0) * 255).round()
         assert frame_numbers(frames) == expected
         assert item["targets"] == {"verb": 1, "noun": 2}
     # dense, 2 frames apart at 25 fps: a stride of 2 of the video's frames, 4 of the folder's (at 50 fps)
     ds = VideoDataset(manifest, ClipSpec(3, 2, target_fps=25.0), TestTransform(72, 64, [0] * 3, [1] * 3), False)
     for j, expected in [(0, [10, 12, 14]), (1, [20, 24, 28])]:  # the window in the middle of [lo, hi)
-        assert frame_numbers((ds[j]["video"].permute(1, 2, 3, 0) * 255).round()) == expected
+        assert frame_numbers((ds[j]["input"].permute(1, 2, 3, 0) * 255).round()) == expected
 
 
 def test_corrupt_and_missing_videos_are_skipped_and_counted(tmp_path, caplog):

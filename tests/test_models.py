@@ -24,7 +24,7 @@ def test_logits_stage_features_and_embedding(name):
     frames, crop = TINY[name]
     model = build_model(name, num_classes=7, num_frames=frames, crop_size=crop).eval()
     x = torch.randn(2, 3, frames, crop, crop)
-    info = probe(model, frames, crop)
+    info = probe(model, (frames, crop, crop))
     taps = FeatureTaps(model)
     with torch.no_grad():
         logits, features, embedding = taps(x)

@@ -119,7 +119,7 @@ def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(m
     for t in distiller.teachers:
         t.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
     g = torch.Generator().manual_seed(1)
-    batch = {"video": torch.randn(4, 3, 4, 32, 32, generator=g), "targets": {"label": torch.tensor([0, 1, 2, 3])}}
+    batch = {"input": torch.randn(4, 3, 4, 32, 32, generator=g), "targets": {"label": torch.tensor([0, 1, 2, 3])}}
     logits, losses = distiller(batch)
     assert logits.dtype == dtype
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses

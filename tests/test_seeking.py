@@ -85,10 +85,10 @@ def test_the_dataset_views_hold_the_frames_of_a_sequential_decode(video, backend
         item = train[(1, i)]
         want = sampling.train_indices(spec, 0, len(truth), 0.0, np.random.default_rng([3, 1, i]))
         assert item["valid"] and not item["failures"]
-        np.testing.assert_array_equal(item["video"].numpy(), truth[want], err_msg=f"train view {i}: {want}")
+        np.testing.assert_array_equal(item["input"].numpy(), truth[want], err_msg=f"train view {i}: {want}")
     for view in range(4):
         want = sampling.test_indices(spec, 0, len(truth), 0.0, 4, view)
-        np.testing.assert_array_equal(test[view]["video"].numpy(), truth[want], err_msg=f"test view {view}")
+        np.testing.assert_array_equal(test[view]["input"].numpy(), truth[want], err_msg=f"test view {view}")
 
 
 def test_the_probe_finds_where_each_backend_seeks_wrongly(video_factory):

@@ -51,7 +51,7 @@ def key(cfg, manifest, device=CPU):
 
 def distiller_and_data(cfg):
     torch.manual_seed(0)
-    dataset = build_dataset(cfg, train=True)
+    dataset = build_dataset(cfg, train=True, cache_views=teacher_cache.views(cfg))
     heads = {h: len(n) for h, n in dataset.manifest.label_sets.items()}
     return build_distiller(cfg, *build_models(cfg, heads), heads), dataset
 
@@ -66,11 +66,11 @@ def test_training_from_the_cache_gives_the_live_losses_on_the_same_views(dataset
     data.teacher_cache = cache  # what the engine does: items carry their stored targets
     batch = collate([data.view_item(i, v) for i, v in [(0, 0), (3, 1), (7, 1), (15, 0)]])
     assert batch["sample"].tolist() == [0, 3, 7, 15] and batch["view"].tolist() == [0, 1, 1, 0]
-    live_in = {"video": batch["video"], "targets": batch["targets"]}
+    live_in = {"input": batch["input"], "targets": batch["targets"]}
     assert all(t.dtype == torch.float16 for t in batch["teacher"].values())
     stored = {name: t.float() for name, t in batch["teacher"].items()}
     with torch.no_grad():
-        live = distiller.teacher_targets(batch["video"])
+        live = distiller.teacher_targets(batch["input"])
         assert stored.keys() == live.keys()
         for name in live:  # fp16 storage: within its rounding
             assert torch.allclose(stored[name], live[name], rtol=2e-3, atol=2e-3), name
@@ -114,7 +114,7 @@ def test_loader_workers_read_the_targets_with_the_clips(dataset, tmp_path):
     _, cfg = cache_config(tmp_path, dataset, "kd", "DATA.NUM_WORKERS", "2")
     distiller, data = distiller_and_data(cfg)
     cache = teacher_cache.prepare(cfg, distiller, data, CPU, 0, 1)
-    loader = build_loader(cfg, True)
+    loader = build_loader(cfg, True, cache_views=teacher_cache.views(cfg))
     loader.dataset.teacher_cache = cache
     loader.set_epoch(0)
     seen, reference = 0, teacher_cache.TeacherCache(cache.folder)
@@ -133,7 +133,7 @@ def test_a_run_on_the_cache_never_runs_its_teachers(dataset, tmp_path):
     distiller.cached = True  # as the engine sets it
     batch = collate([data.view_item(0, 0), data.view_item(1, 1)])
     with pytest.raises(RuntimeError, match="carries no teacher outputs"):
-        distiller({"video": batch["video"], "targets": batch["targets"]})
+        distiller({"input": batch["input"], "targets": batch["targets"]})
 
 
 def test_require_without_a_cache_and_learned_phi_are_refused(dataset, tmp_path):

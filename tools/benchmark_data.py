@@ -100,7 +100,7 @@ def pytorchvideo_loader(manifest, workers, fps):
         video = sample["video"]  # [3, T, H, W] float in 0..255
         keep = torch.linspace(0, video.shape[1] - 1, c["num_frames"]).long()
         frames = video[:, keep].permute(1, 2, 3, 0).to(torch.uint8)
-        return {"video": spatial(frames), "label": sample["label"]}
+        return {"input": spatial(frames), "label": sample["label"]}
 
     paths = [(manifest.abspath(r), {"label": r.targets["label"]}) for r in manifest.samples]
     dataset = LabeledVideoDataset(
@@ -114,11 +114,11 @@ def clips_per_second(batches, n_clips):
     """Clips per second over n_clips, timed from the first batch (worker start-up excluded)."""
     it, done = iter(batches), 0
     first = next(it)
-    assert first["video"].shape[1:] == (3, CLIP["num_frames"], CLIP["crop"], CLIP["crop"]), first["video"].shape
+    assert first["input"].shape[1:] == (3, CLIP["num_frames"], CLIP["crop"], CLIP["crop"]), first["input"].shape
     start = time.perf_counter()
     while done < n_clips:
         try:
-            done += len(next(it)["video"])
+            done += len(next(it)["input"])
         except StopIteration:
             it = iter(batches)
     return done / (time.perf_counter() - start)

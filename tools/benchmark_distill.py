@@ -29,7 +29,7 @@ from vidkd.profiling.latency import measure_steps
 def batches(cfg, heads, steps, device):
     d, b = cfg.DATA, cfg.TRAIN.BATCH_SIZE
     g = torch.Generator().manual_seed(cfg.SEED)
-    return [{"video": torch.randn(b, 3, d.NUM_FRAMES, d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SIZE, generator=g).to(device),
+    return [{"input": torch.randn(b, 3, d.NUM_FRAMES, d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SIZE, generator=g).to(device),
              "targets": {h: torch.randint(k, (b,), generator=g).to(device) for h, k in heads.items()}}
             for _ in range(steps)]
 
@@ -37,13 +37,13 @@ def batches(cfg, heads, steps, device):
 def write_cache(distiller, data, folder):
     """The method's targets of every batch, stored as the cache stores them (one shard, one view)."""
     with torch.no_grad():
-        out = [distiller.teacher_targets(batch["video"]) for batch in data]
+        out = [distiller.teacher_targets(batch["input"]) for batch in data]
     names = sorted(out[0])
     for name in names:
         np.save(os.path.join(folder, f"{name}.shard0.npy"),
                 torch.cat([o[name] for o in out]).cpu().half().numpy())
     with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump({"world": 1, "views": 1, "rows": sum(len(b["video"]) for b in data), "names": names}, f)
+        json.dump({"world": 1, "views": 1, "rows": sum(len(b["input"]) for b in data), "names": names}, f)
     return TeacherCache(folder)
 
 
@@ -53,9 +53,9 @@ def training_step(distiller, cfg, cache=None):
 
     def step(batch):
         if cache is not None:
-            rows = [cache.read(r % cache.rows, 0) for r in range(done[0], done[0] + len(batch["video"]))]
-            done[0] += len(batch["video"])
-            teacher = {name: torch.stack([r[name] for r in rows]).to(batch["video"].device).float() for name in rows[0]}
+            rows = [cache.read(r % cache.rows, 0) for r in range(done[0], done[0] + len(batch["input"]))]
+            done[0] += len(batch["input"])
+            teacher = {name: torch.stack([r[name] for r in rows]).to(batch["input"].device).float() for name in rows[0]}
             batch = {**batch, "teacher": teacher}
         _, losses = distiller(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -83,7 +83,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         cache = write_cache(method, data, folder)
         steps = {"student alone": training_step(alone, cfg),
-                 "teachers' forward": lambda b: method.teacher_targets(b["video"]),
+                 "teachers' forward": lambda b: method.teacher_targets(b["input"]),
                  f"{cfg.DISTILL.METHOD}, live": training_step(method, cfg),
                  f"{cfg.DISTILL.METHOD}, cached": training_step(method, cfg, cache)}
         rows = measure_steps(steps, data, device)

@@ -36,7 +36,7 @@ def main(argv=None):
     rank, world, device = distributed.init()
     check_precision(cfg, device)
     torch.manual_seed(cfg.SEED)  # a teacher without a checkpoint gets the same random weights as in training
-    dataset = build_dataset(cfg, train=True)
+    dataset = build_dataset(cfg, train=True, cache_views=teacher_cache.views(cfg))
     heads = {h: len(names) for h, names in dataset.manifest.label_sets.items()}
     distiller = build_training(cfg, heads, device)  # the teachers and projections exactly as training runs them
     cache = teacher_cache.prepare(cfg, distiller, dataset, device, rank, world)

@@ -105,7 +105,7 @@ def train_or_reuse(config_path, overrides, out_dir):
     plot_history(trainer.history, os.path.join(out_dir, "curves.png"), out_dir)
     done = {"config": cfg.dump(), "metrics": metrics, "model": cfg.MODEL.STUDENT, "params_m": params,
             "method": cfg.DISTILL.METHOD, "minutes": (time.time() - start) / 60,
-            "w_vit": trainer.history[-1].get("datw/w_vit_mean")}
+            "w_vit": trainer.history[-1].get("stats/w_vit/mean")}
     with open(results, "w") as f:
         json.dump(done, f)
     return done, False

@@ -32,7 +32,7 @@ from vidkd.config import load_config
 from vidkd.data.manifest import Manifest
 from vidkd.errors import CheckpointError, ConfigError, ExportError
 from vidkd.profiling import measure_latency  # first: fvcore.nn imported quietly
-from vidkd.models import MODELS, build_from_config  # noqa: I001
+from vidkd.models import REGISTRIES, build_from_config  # noqa: I001
 from vidkd.models.checkpoint import load_checkpoint, saved_heads
 
 CHECK_BATCH = 2  # not the traced batch size: a batch axis fixed by the trace shows up as an error
@@ -53,8 +53,8 @@ def load_student(cfg, checkpoint):
     """MODEL.STUDENT in eval mode with the weights of `checkpoint`, which must hold the student's keys and no
     other."""
     name = cfg.MODEL.STUDENT
-    if name not in MODELS:
-        raise ConfigError(f"config key MODEL.STUDENT: unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+    if name not in REGISTRIES[cfg.TASK]:
+        raise ConfigError(f"config key MODEL.STUDENT: unknown model {name!r}; registered: {', '.join(sorted(REGISTRIES[cfg.TASK]))}")
     if not os.path.isfile(checkpoint):
         raise CheckpointError(f"{checkpoint}: not a weights file (training writes OUTPUT_DIR/student.pt)")
     heads = saved_heads(checkpoint)

@@ -24,7 +24,7 @@ from vidkd.engine import distributed
 from vidkd.engine.evaluate import plot_confusion
 from vidkd.engine.trainer import evaluate
 from vidkd.errors import CheckpointError, ConfigError
-from vidkd.models import MODELS, build_from_config
+from vidkd.models import REGISTRIES, build_from_config
 from vidkd.models.checkpoint import load_checkpoint, saved_heads
 
 log = logging.getLogger("vidkd.test")
@@ -94,8 +94,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     name, key = (args.model, "--model") if args.model else (cfg.MODEL.STUDENT, "config key MODEL.STUDENT")
-    if name not in MODELS:
-        raise ConfigError(f"{key}: unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+    if name not in REGISTRIES[cfg.TASK]:
+        raise ConfigError(f"{key}: unknown model {name!r}; registered: {', '.join(sorted(REGISTRIES[cfg.TASK]))}")
     if not os.path.exists(args.checkpoint):
         raise CheckpointError(f"{args.checkpoint}: checkpoint not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -11,6 +11,9 @@ _C = CfgNode()
 _C.SEED = 0
 # Where checkpoints, logs, plots and results go.
 _C.OUTPUT_DIR = "output/run"
+# What is learnt: `video` (clips [B, 3, T, H, W], video models) or `image` (images [B, 3, H, W], image models;
+# DATA.NUM_FRAMES is not used). It selects the dataset, the models and the example input that probes them.
+_C.TASK = "video"
 
 # ----------------------------------------------------------------------------- data
 _C.DATA = CfgNode()
@@ -238,6 +241,7 @@ ANY, PATH, NAME = Anything(), Text(empty=True), Text(empty=False)
 SECONDS = Range(0, 86400)  # 0 = no limit; a day at most (a larger timeout overflows the timers)
 RULES = {
     "SEED": Range(0, 2**32 - 1),  # numpy's and torch's seeds (torch adds the epoch)
+    "TASK": OneOf("video", "image"),
     "OUTPUT_DIR": OutputDir(),
     "DATA.MANIFEST_DIR": NAME,
     "DATA.TRAIN_SPLIT": NAME,

@@ -17,7 +17,6 @@ from vidkd.data.sampling import ClipSpec
 from vidkd.data.seeking import load_index
 from vidkd.data.transforms import TestTransform, TrainTransform
 from vidkd.data.video_dataset import VideoDataset, collate
-from vidkd.distill.build import teachers_needed
 from vidkd.errors import DataError
 
 log = logging.getLogger("vidkd.data")
@@ -77,7 +76,7 @@ def _worker_failure(error):
 
 
 class VideoLoader:
-    """Iterates batches `{"video", "targets", "index", "view", "valid"}`; call `set_epoch` before each epoch.
+    """Iterates batches `{"input", "targets", "index", "view", "valid"}`; call `set_epoch` before each epoch.
 
     With loader workers: when a worker dies (killed, out of memory) or a batch takes longer than
     DATA.BATCH_TIMEOUT (a decode hung in native code, out of reach of DATA.DECODE_TIMEOUT), the workers are
@@ -151,7 +150,9 @@ def manifest_path(cfg, train, split=None):
     return os.path.join(d.MANIFEST_DIR, f"{d.TRAIN_SPLIT if train else split or d.TEST_SPLIT}.json")
 
 
-def build_dataset(cfg, train, split=None):
+def build_dataset(cfg, train, split=None, cache_views=0):
+    """`cache_views`: views per training video when the teachers' outputs come from the teacher-output cache
+    (`vidkd.engine.teacher_cache.views`), else 0 (fresh draws every epoch)."""
     d, path = cfg.DATA, manifest_path(cfg, train, split)
     manifest = Manifest.load(path)
     if train:
@@ -161,21 +162,14 @@ def build_dataset(cfg, train, split=None):
         transform = TestTransform(d.TEST_SHORT_SIDE, d.TEST_CROP_SIZE, d.MEAN, d.STD)
     return VideoDataset(manifest, clip_spec(cfg), transform, train, cfg.TEST.NUM_CLIPS, cfg.TEST.NUM_CROPS,
                         d.DECODER, d.DECODE_THREADS, cfg.SEED, d.MAX_RETRIES, d.DECODE_TIMEOUT,
-                        cache_views(cfg) if train else 0, load_index(path))
+                        cache_views if train else 0, load_index(path))
 
 
-def cache_views(cfg):
-    """Views per training video: DISTILL.CACHE_VIEWS when the teachers' outputs come from the cache, else 0
-    (fresh draws every epoch)."""
-    uses_cache = cfg.DISTILL.CACHE != "live" and teachers_needed(cfg)
-    return cfg.DISTILL.CACHE_VIEWS if uses_cache else 0
-
-
-def build_loader(cfg, train, rank=0, world_size=1, split=None):
+def build_loader(cfg, train, rank=0, world_size=1, split=None, cache_views=0):
     """The training (shuffled, last partial batch dropped) or test loader of this rank; `split`: another
-    manifest read as the test split is (DATA.CALIBRATION_SPLIT)."""
+    manifest read as the test split is (DATA.CALIBRATION_SPLIT); `cache_views`: see `build_dataset`."""
     d = cfg.DATA
-    dataset = build_dataset(cfg, train, split)
+    dataset = build_dataset(cfg, train, split, cache_views)
     sampler = EpochSampler(DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
                                               seed=cfg.SEED))
     loader = DataLoader(
@@ -198,9 +192,10 @@ def build_loader(cfg, train, rank=0, world_size=1, split=None):
     return VideoLoader(dataset, loader, FailureTracker(split, len(dataset.manifest.samples), d.MAX_FAIL_FRACTION))
 
 
-def build_loaders(cfg, rank=0, world_size=1):
+def build_loaders(cfg, rank=0, world_size=1, cache_views=0):
     """The training and test loaders of this rank; the test manifest must have the training manifest's classes."""
-    train, test = build_loader(cfg, True, rank, world_size), build_loader(cfg, False, rank, world_size)
+    train = build_loader(cfg, True, rank, world_size, cache_views=cache_views)
+    test = build_loader(cfg, False, rank, world_size)
     check_same_classes(train.dataset.manifest, manifest_path(cfg, True), test.dataset.manifest,
                        manifest_path(cfg, False))
     return train, test

@@ -85,7 +85,7 @@ class VideoDataset(Dataset):
     def _item(self, j, view, video, valid, failures, sample=None):
         """Item of video j; `sample`: the index asked for (the key of the teacher cache), j unless replaced."""
         targets, sample = self.manifest.samples[j].targets, j if sample is None else sample
-        item = {"video": video, "targets": dict(targets), "index": j, "view": view, "valid": valid,
+        item = {"input": video, "targets": dict(targets), "index": j, "view": view, "valid": valid,
                 "failures": failures, "sample": sample}
         if self.train and self.teacher_cache is not None:
             item["teacher"] = self.teacher_cache.read(sample, view)

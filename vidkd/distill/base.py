@@ -4,8 +4,9 @@ A method is an `nn.Module` holding the student (trained) and any training-only m
 regressors), and using the teachers (frozen: eval mode, no gradients, outputs in fp32), which it holds outside
 its module tree (see `Distiller.__init__`). `forward(batch)` returns
 `(student_logits, losses)`: the logits `[B, sum K]` of all heads side by side, and a dict of named loss
-terms that the engine sums. A method may also fill `self.stats` with per-sample tensors to log (the DATW
-weights). Methods know nothing of DeepSpeed; the engine knows nothing of any method.
+terms that the engine sums. A method may also fill `self.stats` with per-sample values in [0, 1] to log
+(`{name: [B]}`, e.g. the DATW weight of a teacher): the engine logs each one's epoch mean and histogram as
+`stats/<name>/mean` and `stats/<name>/hist`. Methods know nothing of DeepSpeed; the engine knows nothing of any method.
 
 Several label heads (EPIC-KITCHENS-100: verb and noun) are one classifier of `sum K` outputs, split per head;
 each loss term is applied per head and summed.
@@ -62,6 +63,11 @@ class Distiller(nn.Module):
 
         return fp32(logits), [fp32(f) for f in features], fp32(embedding)
 
+    @classmethod
+    def teacher_indices(cls, cfg):
+        """Indices into MODEL.TEACHERS that the method runs (here: the one of DISTILL.TEACHER_INDEX)."""
+        return [cfg.DISTILL.TEACHER_INDEX]
+
     calibrates = False  # whether `calibrate` has anything to estimate (with this config)
 
     def calibrate(self, loader, device):
@@ -81,7 +87,7 @@ class Distiller(nn.Module):
             return batch["teacher"]
         if self.cached:
             raise RuntimeError("a batch of a run on the teacher-output cache carries no teacher outputs")
-        return self.teacher_targets(batch["video"])
+        return self.teacher_targets(batch["input"])
 
     def ce(self, logits, targets):
         """Cross-entropy with the labels, summed over heads."""

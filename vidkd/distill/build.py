@@ -11,13 +11,8 @@ METHODS = {"ce": CE, "kd": KD, "dkd": DKD, "fitnet": FitNet, "rkd": RKD, "ofa": 
 
 
 def teachers_needed(cfg):
-    """Indices into MODEL.TEACHERS that the method runs: none, the one of DISTILL.TEACHER_INDEX, or both."""
-    method = cfg.DISTILL.METHOD
-    if method == "ce":
-        return []
-    if method == "dual_teacher":
-        return [0, 1]
-    return [cfg.DISTILL.TEACHER_INDEX]
+    """Indices into MODEL.TEACHERS that DISTILL.METHOD runs, as the method says."""
+    return METHODS[cfg.DISTILL.METHOD].teacher_indices(cfg)
 
 
 def build_distiller(cfg, student, teachers, heads):

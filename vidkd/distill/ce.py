@@ -3,6 +3,10 @@ from vidkd.distill.base import Distiller
 
 
 class CE(Distiller):
+    @classmethod
+    def teacher_indices(cls, cfg):
+        return []
+
     def forward(self, batch):
-        z_s = self.student(batch["video"])
+        z_s = self.student(batch["input"])
         return z_s, {"ce": self.cfg.CE_WEIGHT * self.ce(z_s, batch["targets"])}

@@ -10,7 +10,7 @@ class DKD(Distiller):
 
     def forward(self, batch):
         z_t = self.targets(batch)["logits"]
-        z_s = self.student(batch["video"])
+        z_s = self.student(batch["input"])
         c = self.cfg
 
         def dkd(s, t, y):

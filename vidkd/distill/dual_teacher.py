@@ -32,6 +32,7 @@ from vidkd.distill.base import Distiller
 from vidkd.distill.losses import kd_loss, kl_per_sample, match_grid, rkd_loss
 from vidkd.errors import ConfigError, DataError
 from vidkd.models.taps import probe
+from vidkd.tasks import input_size
 
 log = logging.getLogger("vidkd.distill")
 
@@ -117,6 +118,10 @@ def discrepancy_branch(channels, dim):
 class DualTeacher(Distiller):
     """Teachers: `teachers[0]` the ViT V, `teachers[1]` the 3D CNN C."""
 
+    @classmethod
+    def teacher_indices(cls, cfg):
+        return [0, 1]  # the ViT, the 3D CNN
+
     def __init__(self, student, teachers, heads, cfg):
         super().__init__(student, teachers, heads, cfg)
         c = self.cfg
@@ -125,8 +130,7 @@ class DualTeacher(Distiller):
             raise ConfigError("DISTILL.CACHE: with DISTILL.SDD_PHI learned, phi_V trains and the SDD targets change "
                               "as the run goes: cache them with SDD_PHI fixed, or set DISTILL.CACHE live")
         if c.SDD:
-            size = (cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)
-            last = [probe(m, *size)["stages"][-1] for m in (student, *self.teachers)]
+            last = [probe(m, input_size(cfg))["stages"][-1] for m in (student, *self.teachers)]
             (c_s, c_v, c_c), self.grid = (s["channels"] for s in last), last[0]["grid"]
             generator = torch.Generator().manual_seed(cfg.SEED)
             self.phi_c = Projection(c_c, c.SDD_DIM, generator)
@@ -150,7 +154,7 @@ class DualTeacher(Distiller):
         for batch in tqdm(loader, desc="calibration", unit="batch", leave=False):
             if batch is None:  # lost with a loader worker (counted by the loader)
                 continue
-            valid, video = batch["valid"], batch["video"].to(device)
+            valid, video = batch["valid"], batch["input"].to(device)
             for k in (0, 1):
                 logits[k].append(self.run_teacher(k, video)[0][valid].cpu())
             for h in self.heads:
@@ -187,7 +191,7 @@ class DualTeacher(Distiller):
         return out
 
     def forward(self, batch):
-        video, y, c = batch["video"], batch["targets"], self.cfg
+        video, y, c = batch["input"], batch["targets"], self.cfg
         t = self.targets(batch)
         z_s, f_s, e_s = self.student_taps(video)
         losses = {"ce": c.CE_WEIGHT * self.ce(z_s, y)}

@@ -6,14 +6,14 @@ regressor `r` (training only); a ViT teacher's tokens arrive folded to their (T'
 from vidkd.distill.base import Distiller
 from vidkd.distill.losses import Regressor, fitnet_loss, match_grid
 from vidkd.models.taps import probe
+from vidkd.tasks import input_size
 
 
 class FitNet(Distiller):
     def __init__(self, student, teachers, heads, cfg):
         super().__init__(student, teachers, heads, cfg)
-        size = (cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)
-        c_s = probe(student, *size)["stages"][-1]["channels"]
-        c_t = probe(self.teachers[0], *size)["stages"][-1]["channels"]
+        c_s = probe(student, input_size(cfg))["stages"][-1]["channels"]
+        c_t = probe(self.teachers[0], input_size(cfg))["stages"][-1]["channels"]
         self.regressor = Regressor(c_s, c_t)
 
     def teacher_targets(self, video):
@@ -21,7 +21,7 @@ class FitNet(Distiller):
 
     def forward(self, batch):
         f_t = self.targets(batch)["feature"]
-        z_s, f_s, _ = self.student_taps(batch["video"])
+        z_s, f_s, _ = self.student_taps(batch["input"])
         hint = self.regressor(match_grid(f_s[-1], f_t.shape[2:]))
         c = self.cfg
         return z_s, {"ce": c.CE_WEIGHT * self.ce(z_s, batch["targets"]),

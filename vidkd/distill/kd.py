@@ -9,7 +9,7 @@ class KD(Distiller):
 
     def forward(self, batch):
         z_t = self.targets(batch)["logits"]
-        z_s = self.student(batch["video"])
+        z_s = self.student(batch["input"])
         c = self.cfg
         kd = self.per_head(lambda s, t, y: kd_loss(s, t, c.TEMPERATURE), z_s, z_t, batch["targets"])
         return z_s, {"ce": c.CE_WEIGHT * self.ce(z_s, batch["targets"]), "kd": c.LOGIT_WEIGHT * kd}

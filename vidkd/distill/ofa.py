@@ -10,6 +10,7 @@ import torch.nn as nn
 from vidkd.distill.base import Distiller
 from vidkd.distill.losses import ofa_loss
 from vidkd.models.taps import probe
+from vidkd.tasks import input_size
 
 
 def separable_block(c_in, c_out):
@@ -29,7 +30,7 @@ def exit_branch(channels, blocks, num_classes):
 class OFA(Distiller):
     def __init__(self, student, teachers, heads, cfg):
         super().__init__(student, teachers, heads, cfg)
-        stages = probe(student, cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE)["stages"]
+        stages = probe(student, input_size(cfg))["stages"]
         n = len(stages)
         self.exits = nn.ModuleList(exit_branch(s["channels"], n - 1 - i, sum(self.heads.values()))
                                    for i, s in enumerate(stages))
@@ -39,7 +40,7 @@ class OFA(Distiller):
 
     def forward(self, batch):
         z_t = self.targets(batch)["logits"]
-        z_s, features, _ = self.student_taps(batch["video"])
+        z_s, features, _ = self.student_taps(batch["input"])
         c, y = self.cfg, batch["targets"]
 
         def ofa(s, t, y_head):

@@ -10,7 +10,7 @@ class RKD(Distiller):
 
     def forward(self, batch):
         e_t = self.targets(batch)["embedding"]
-        z_s, _, e_s = self.student_taps(batch["video"])
+        z_s, _, e_s = self.student_taps(batch["input"])
         c = self.cfg
         return z_s, {"ce": c.CE_WEIGHT * self.ce(z_s, batch["targets"]),
                      "rkd": c.RKD_WEIGHT * rkd_loss(e_s, e_t)}  # gamma * L_RKD(e_s, e_t)

@@ -46,6 +46,12 @@ TARGET_KEYS = ("METHOD", "TEACHER_INDEX", "SDD", "SDD_DIM", "SDD_PHI", "RKD_WEIG
 MODEL_KEYS = ("STUDENT", "TEACHERS", "VIT_PATCH_SIZE", "VIT_STEM", "VIT_DEPTH")
 
 
+def views(cfg):
+    """Views per training video for the loader: DISTILL.CACHE_VIEWS when the teachers' outputs come from the
+    cache (DISTILL.CACHE not live, and the method runs a teacher), else 0 (fresh draws every epoch)."""
+    return cfg.DISTILL.CACHE_VIEWS if cfg.DISTILL.CACHE != "live" and teachers_needed(cfg) else 0
+
+
 def _digest(path):
     """SHA-256 of a checkpoint file, or of every file of a checkpoint folder (sorted), or "" for none."""
     files = [path] if os.path.isfile(path) else sorted(
@@ -106,9 +112,9 @@ def fill(folder, distiller, dataset, cfg, device, rank, world):
     distiller.eval()
     for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=rank != 0):
         with torch.no_grad():
-            out = distiller.teacher_targets(batch["video"].to(device))
-        row = todo[at:at + len(batch["video"])] // world
-        at += len(batch["video"])
+            out = distiller.teacher_targets(batch["input"].to(device))
+        row = todo[at:at + len(batch["input"])] // world
+        at += len(batch["input"])
         for name, t in out.items():
             if name not in arrays:
                 path = os.path.join(partial, f"{name}.shard{rank}.npy")

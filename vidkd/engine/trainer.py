@@ -20,12 +20,13 @@ from vidkd.engine import checkpointing, distributed, teacher_cache
 from vidkd.engine.ema import EMA
 from vidkd.engine.evaluate import MultiViewEvaluator
 from vidkd.errors import ConfigError, TrainingError
-from vidkd.models import MODELS, build_from_config
-from vidkd.models.base import check_takes_clip
+from vidkd.models import REGISTRIES, build_from_config
+from vidkd.models.base import check_takes_input
 from vidkd.models.base import split_heads
 from vidkd.models.checkpoint import load_checkpoint, save_model
 from vidkd.models.fast import speed_up
 from vidkd.models.taps import probe
+from vidkd.tasks import input_size
 
 log = logging.getLogger("vidkd.engine")
 CHECKPOINTS = "checkpoints"
@@ -37,8 +38,8 @@ def check_config(cfg):
     the teacher checkpoint list against the teachers the method needs, files."""
     m = cfg.MODEL
     for key, name in [("MODEL.STUDENT", m.STUDENT)] + [(f"MODEL.TEACHERS[{i}]", n) for i, n in enumerate(m.TEACHERS)]:
-        if name not in MODELS:
-            raise ConfigError(f"config key {key}: unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+        if name not in REGISTRIES[cfg.TASK]:
+            raise ConfigError(f"config key {key}: unknown model {name!r}; registered: {', '.join(sorted(REGISTRIES[cfg.TASK]))}")
     if len(m.TEACHER_CHECKPOINTS) != len(m.TEACHERS):
         raise ConfigError(f"config key MODEL.TEACHER_CHECKPOINTS has {len(m.TEACHER_CHECKPOINTS)} entries, "
                           f"MODEL.TEACHERS {len(m.TEACHERS)}")
@@ -82,8 +83,8 @@ def check_student_runs(cfg, student):
     starts (their sizes were checked in fp32 when it was built): a layer with no kernel for that dtype there (on
     the CPU, X3D's 3D average pool has none for bf16) fails here, by name."""
     try:
-        for crop in {cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE}:
-            probe(student, cfg.DATA.NUM_FRAMES, crop)
+        for crop in ("TRAIN_CROP_SIZE", "TEST_CROP_SIZE"):
+            probe(student, input_size(cfg, crop))
     except (RuntimeError, NotImplementedError) as e:
         device = next(student.parameters()).device
         raise ConfigError(f"config key DEEPSPEED.PRECISION {cfg.DEEPSPEED.PRECISION}: the student "
@@ -122,7 +123,7 @@ def build_models(cfg, heads):
     (vidkd.models.fast), on the CPU in fp32."""
     k, m = sum(heads.values()), cfg.MODEL
     student = build_from_config(cfg, m.STUDENT, k)
-    check_takes_clip(student, cfg, "TEST_CROP_SIZE")  # the evaluation's clips
+    check_takes_input(student, cfg, "TEST_CROP_SIZE")  # the evaluation's clips
     if m.STUDENT_CHECKPOINT:
         log.info("student: %s", load_checkpoint(student, m.STUDENT_CHECKPOINT, m.PARTIAL_LOAD))
     teachers = []
@@ -167,7 +168,7 @@ def evaluate(model, loader, heads, device, desc="test", show=True):
     loader.set_epoch(0)
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not show, leave=False):
         # fp32 clips: the EMA and test_net's models are fp32; a bf16 / fp16 student casts them itself
-        logits = model(batch["video"].to(device, non_blocking=True)).float()
+        logits = model(batch["input"].to(device, non_blocking=True)).float()
         evaluator.update(batch["index"], batch["view"], batch["valid"], batch["targets"], split_heads(logits, heads))
     evaluator.synchronize()
     return evaluator.compute(), evaluator
@@ -185,7 +186,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.SEED)
-        self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world)
+        self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world, teacher_cache.views(cfg))
         check_steps(cfg, self.train_loader, self.world)
         label_sets = self.train_loader.dataset.manifest.label_sets
         self.heads = {h: len(names) for h, names in label_sets.items()}
@@ -196,7 +197,7 @@ class Trainer:
         distiller = build_training(cfg, self.heads, self.device)
         if distiller.calibrates:
             for teacher in distiller.teachers:  # the calibration split is read as test views
-                check_takes_clip(teacher, cfg, "TEST_CROP_SIZE")
+                check_takes_input(teacher, cfg, "TEST_CROP_SIZE")
             distiller.calibrate(build_calibration_loader(cfg, self.train_loader.dataset.manifest), self.device)
         check_student_runs(cfg, distiller.student)
         s, t = cfg.SOLVER, cfg.TRAIN
@@ -314,7 +315,7 @@ class Trainer:
         self.distiller.epoch = epoch
         start = self.position["batch"]
         self.train_loader.set_epoch(epoch, start)
-        m = self.meters or {"sums": {}, "count": 0, "w_vit": torch.zeros(0), "failures": {}, "skipped": 0}
+        m = self.meters or {"sums": {}, "count": 0, "stats": {}, "failures": {}, "skipped": 0}
         self.meters = None
         self.train_loader.tracker.epoch_failures = m["failures"]
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{t.EPOCHS}", unit="batch", initial=start,
@@ -326,7 +327,7 @@ class Trainer:
             losses = None  # a batch lost with a loader worker (its videos are counted as failed)
             if batch is not None:
                 # The clip in fp32, as the teachers take it (the student casts it to its own dtype).
-                inputs = {"video": batch["video"].to(self.device, non_blocking=True),
+                inputs = {"input": batch["input"].to(self.device, non_blocking=True),
                           "targets": {h: y.to(self.device) for h, y in batch["targets"].items()}}
                 if "teacher" in batch:  # stored as fp16, used as fp32 like a live teacher's outputs
                     inputs["teacher"] = {k: v.to(self.device, non_blocking=True).float()
@@ -344,12 +345,12 @@ class Trainer:
                 self.engine.step()
                 if self.ema is not None and self.engine.micro_steps % t.GRAD_ACCUM_STEPS == 0:  # an optimiser step
                     self.ema.update(self.distiller.student)
-                n = len(inputs["video"])
+                n = len(inputs["input"])
                 m["count"] += n
                 for name, value in losses.items():
                     m["sums"][name] = m["sums"].get(name, 0.0) + float(value.detach()) * n
-                if "w_vit" in self.distiller.stats:
-                    m["w_vit"] = torch.cat([m["w_vit"], self.distiller.stats["w_vit"].detach().float().cpu()])
+                for name, values in self.distiller.stats.items():
+                    m["stats"][name] = torch.cat([m["stats"].get(name, torch.zeros(0)), values.detach().float().cpu()])
                 bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()})
             last = batch_index + 1 == self.train_loader.batches_per_epoch
             if (t.CHECKPOINT_STEPS and (batch_index + 1) % t.CHECKPOINT_STEPS == 0 and not last
@@ -365,12 +366,12 @@ class Trainer:
                   "failed_videos": self.train_loader.tracker.count, "skipped_steps": m["skipped"]}
         record.update({f"loss/{k}": v / reduced[-1] for k, v in zip(names, reduced[:-1])})
         record["loss/total"] = sum(record[f"loss/{k}"] for k in names)
-        if len(m["w_vit"]):
-            w = m["w_vit"]
-            hist = distributed.all_reduce_sum(torch.histc(w, bins=10, min=0, max=1).tolist() + [float(w.sum())],
+        for name in sorted(m["stats"]):  # every rank logs the same names: the method's, from its first step
+            v = m["stats"][name]
+            hist = distributed.all_reduce_sum(torch.histc(v, bins=10, min=0, max=1).tolist() + [float(v.sum())],
                                               self.device)
-            record["datw/w_vit_mean"] = hist[-1] / sum(hist[:-1])
-            record["datw/w_vit_hist"] = hist[:-1]
+            record[f"stats/{name}/mean"] = hist[-1] / sum(hist[:-1])
+            record[f"stats/{name}/hist"] = hist[:-1]
         return record
 
     def eval_model(self):

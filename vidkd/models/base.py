@@ -1,9 +1,11 @@
-"""The registry and the contract every vidkd model keeps.
+"""The registries and the contract every vidkd model keeps.
 
-Every model takes `[B, 3, T, H, W]` and returns logits `[B, K]`. It names, without any shape, which of its
-submodules are its stages (`stage_names`, shallow to deep) and which `nn.Linear` is its classifier
-(`head_name`); `vidkd.models.taps` reads stage features and the pooled embedding through forward hooks on
-those submodules, with shapes probed by one dummy forward.
+A video model takes clips `[B, 3, T, H, W]`, an image model images `[B, 3, H, W]`; both return logits `[B, K]`.
+A model names, without any shape, which of its submodules are its stages (`stage_names`, shallow to deep), how
+each stage's output is laid out (`stage_layout`), which module is its classifier (`head_name`) and, where a
+dropout comes before it, the module whose input is the embedding (`embed_name`); `vidkd.models.taps` reads
+stage features and the pooled embedding through forward hooks on those submodules, with shapes probed by one
+dummy forward.
 """
 import contextlib
 
@@ -11,29 +13,43 @@ import torch.nn as nn
 
 from vidkd.errors import ConfigError
 from vidkd.models.taps import probe
+from vidkd.tasks import input_size
 
-MODELS = {}
+MODELS = {}  # video models
+IMAGE_MODELS = {}
+REGISTRIES = {"video": MODELS, "image": IMAGE_MODELS}
 
 
-def register(name):
-    """Decorator: `@register("x3d_s")` on a builder `fn(num_classes, num_frames, crop_size, **kw) -> VideoModel`."""
+def register(name, task="video"):
+    """Decorator: `@register("x3d_s")` on a builder `fn(num_classes, num_frames, crop_size, **kw) -> VideoModel`;
+    `@register("resnet18", "image")` on a builder `fn(num_classes, crop_size, **kw)`."""
 
     def add(fn):
-        if name in MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        MODELS[name] = fn
+        if name in REGISTRIES[task]:
+            raise ValueError(f"{task} model {name!r} registered twice")
+        REGISTRIES[task][name] = fn
         return fn
 
     return add
 
 
-def build_model(name, num_classes, num_frames=16, crop_size=224, **kwargs):
-    """Build a registered model for clips of `num_frames x crop_size x crop_size`."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
-    model = MODELS[name](num_classes=num_classes, num_frames=num_frames, crop_size=crop_size, **kwargs)
+def _named(model, name):
     model.name = name
     return model
+
+
+def build_model(name, num_classes, num_frames=16, crop_size=224, **kwargs):
+    """Build a registered video model for clips of `num_frames x crop_size x crop_size`."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+    return _named(MODELS[name](num_classes=num_classes, num_frames=num_frames, crop_size=crop_size, **kwargs), name)
+
+
+def build_image_model(name, num_classes, crop_size=224, **kwargs):
+    """Build a registered image model for `crop_size x crop_size` images."""
+    if name not in IMAGE_MODELS:
+        raise KeyError(f"unknown image model {name!r}; registered: {', '.join(sorted(IMAGE_MODELS))}")
+    return _named(IMAGE_MODELS[name](num_classes=num_classes, crop_size=crop_size, **kwargs), name)
 
 
 def config_kwargs(cfg, name):
@@ -50,55 +66,75 @@ def config_kwargs(cfg, name):
 
 
 def build_from_config(cfg, name, num_classes, crop_key="TRAIN_CROP_SIZE"):
-    """`name` built for the config's clip (DATA.NUM_FRAMES x DATA.<crop_key>), refused by the keys if it cannot
-    be built for that clip or cannot take it (a crop its pooling shrinks to nothing, too few frames for its
-    temporal stride)."""
-    frames, crop = cfg.DATA.NUM_FRAMES, cfg.DATA[crop_key]
-    with clip_refused(cfg, name, crop_key):
-        model = build_model(name, num_classes, frames, crop, **config_kwargs(cfg, name))
-    check_takes_clip(model, cfg, crop_key)
+    """`name`, a model of the config's TASK, built for its input (DATA.NUM_FRAMES x DATA.<crop_key> for a
+    clip, DATA.<crop_key> for an image), refused by the keys if it cannot be built for that input or cannot take
+    it (a crop its pooling shrinks to nothing, too few frames for its temporal stride)."""
+    crop = cfg.DATA[crop_key]
+    with input_refused(cfg, name, crop_key):
+        if cfg.TASK == "video":
+            model = build_model(name, num_classes, cfg.DATA.NUM_FRAMES, crop, **config_kwargs(cfg, name))
+        else:
+            model = build_image_model(name, num_classes, crop)
+    check_takes_input(model, cfg, crop_key)
     return model
 
 
-def check_takes_clip(model, cfg, crop_key):
-    """One dummy clip of DATA.NUM_FRAMES x DATA.<crop_key> through `model` (in its dtype, on its device)."""
-    with clip_refused(cfg, model.name, crop_key):
-        probe(model, cfg.DATA.NUM_FRAMES, cfg.DATA[crop_key])
+def check_takes_input(model, cfg, crop_key):
+    """One dummy input of the config's size (`vidkd.tasks.input_size`) through `model` (in its dtype, on its
+    device)."""
+    with input_refused(cfg, model.name, crop_key):
+        probe(model, input_size(cfg, crop_key))
 
 
 @contextlib.contextmanager
-def clip_refused(cfg, name, crop_key):
-    """A model's shape error (RuntimeError from a layer, ValueError from a builder) as a ConfigError naming
-    DATA.NUM_FRAMES and DATA.<crop_key>."""
-    frames, crop = cfg.DATA.NUM_FRAMES, cfg.DATA[crop_key]
+def input_refused(cfg, name, crop_key):
+    """A model's shape error (RuntimeError from a layer, ValueError from a builder) as a ConfigError naming the
+    keys that set the input's size: DATA.NUM_FRAMES (video) and DATA.<crop_key>."""
+    size = input_size(cfg, crop_key)
+    keys = (f"keys DATA.NUM_FRAMES {cfg.DATA.NUM_FRAMES} and " if cfg.TASK == "video" else "key ") + \
+        f"DATA.{crop_key} {cfg.DATA[crop_key]}"
     try:
         yield
     except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"config keys DATA.NUM_FRAMES {frames} and DATA.{crop_key} {crop}: the model {name} "
-                          f"cannot take a {frames} x {crop} x {crop} clip ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"config {keys}: the model {name} cannot take a {' x '.join(map(str, size))} "
+                          f"{'clip' if cfg.TASK == 'video' else 'image'} ({str(e).splitlines()[0]})") from None
 
 
 class VideoModel(nn.Module):
-    """Base class. Subclasses set `stage_names` and `head_name`; a token model also sets `token_grid`
-    (T', H', W') in its forward, for the taps to fold tokens back to a grid."""
+    """Base class of every vidkd model, video or image. Subclasses set `stage_names` and `head_name`, and declare
+    how to read each stage: `stage_layout` (one of `vidkd.models.taps.LAYOUTS` for every stage, or a tuple of
+    one per stage); `embed_name` when the classifier's input is not the embedding (a dropout comes first: its
+    input is). A token model also sets `token_grid` ((T', H', W') or (H', W')) for the taps to fold tokens."""
 
     stage_names = ()
+    stage_layout = "NCTHW"
     head_name = ""
+    embed_name = ""
     token_grid = None
 
     def head_module(self):
         """The classifier named by `head_name` (a method, not a property: a model may own a module `head`)."""
         return self.get_submodule(self.head_name)
 
+    def embed_module(self):
+        """The module whose input is the pooled embedding: `embed_name`, else the classifier."""
+        return self.get_submodule(self.embed_name or self.head_name)
+
+    def layouts(self):
+        """One layout per stage."""
+        layout = self.stage_layout
+        return (layout,) * len(self.stage_names) if isinstance(layout, str) else tuple(layout)
+
 
 class Wrapped(VideoModel):
     """A third-party network, unchanged, as `self.net`; `prepare` turns the clip into its input."""
 
-    def __init__(self, net, stage_names, head_name, prepare=None):
+    def __init__(self, net, stage_names, head_name, prepare=None, embed_name=""):
         super().__init__()
         self.net, self.prepare = net, prepare
         self.stage_names = tuple(f"net.{n}" for n in stage_names)
         self.head_name = f"net.{head_name}"
+        self.embed_name = embed_name and f"net.{embed_name}"
 
     def forward(self, x):
         return self.net(self.prepare(x) if self.prepare else x)

@@ -22,11 +22,16 @@ TV_STAGES = ("layer1", "layer2", "layer3", "layer4")
 S3D_STAGES = ("features.2", "features.6", "features.12", "features.15")  # the blocks before each max pool
 
 
+def pv_dropout(block, rate):
+    """The dropout of pytorchvideo's head in `blocks.<block>`, whose input is the embedding; none at rate 0."""
+    return f"blocks.{block}.dropout" if rate > 0 else ""
+
+
 def _x3d(num_classes, num_frames, crop_size, depth_factor, dropout=0.5):
     """X3D (Feichtenhofer, CVPR 2020): XS, S and M share one network and differ in clip size; L is deeper."""
     net = create_x3d(input_clip_length=num_frames, input_crop_size=crop_size, model_num_class=num_classes,
                      depth_factor=depth_factor, dropout_rate=dropout, head_activation=None, inner_act=nn.SiLU)
-    return Wrapped(net, PV_STAGES, "blocks.5.proj")
+    return Wrapped(net, PV_STAGES, "blocks.5.proj", embed_name=pv_dropout(5, dropout))
 
 
 @register("x3d_xs")
@@ -54,7 +59,7 @@ def slow_r50(num_classes, num_frames=8, crop_size=224, dropout=0.5):
     net = create_resnet(model_depth=50, model_num_class=num_classes, stem_conv_kernel_size=(1, 7, 7),
                         head_pool=nn.AdaptiveAvgPool3d, head_output_size=(1, 1, 1), dropout_rate=dropout,
                         head_activation=None)
-    return Wrapped(net, PV_STAGES, "blocks.5.proj")
+    return Wrapped(net, PV_STAGES, "blocks.5.proj", embed_name=pv_dropout(5, dropout))
 
 
 class SlowFastInput(nn.Module):
@@ -76,14 +81,14 @@ def slowfast_r50(num_classes, num_frames=32, crop_size=224, dropout=0.5, alpha=4
     net = create_slowfast(model_depth=50, model_num_class=num_classes, dropout_rate=dropout,
                           slowfast_fusion_conv_stride=(alpha, 1, 1), head_pool=nn.AdaptiveAvgPool3d,
                           head_activation=None)
-    return Wrapped(net, PV_STAGES, "blocks.6.proj", prepare=SlowFastInput(alpha))
+    return Wrapped(net, PV_STAGES, "blocks.6.proj", SlowFastInput(alpha), pv_dropout(6, dropout))
 
 
 @register("r2plus1d_r50")
 def r2plus1d_r50(num_classes, num_frames=16, crop_size=224, dropout=0.5):
     net = create_r2plus1d(model_num_class=num_classes, dropout_rate=dropout, head_pool=nn.AdaptiveAvgPool3d,
                           head_output_size=(1, 1, 1), head_activation=None)
-    return Wrapped(net, PV_STAGES, "blocks.5.proj")
+    return Wrapped(net, PV_STAGES, "blocks.5.proj", embed_name=pv_dropout(5, dropout))
 
 
 def _torchvision(builder):
@@ -102,4 +107,4 @@ register("r2plus1d_18")(_torchvision(tv.r2plus1d_18))
 def s3d(num_classes, num_frames=16, crop_size=224):
     net = tv.s3d(num_classes=num_classes)
     net.avgpool = nn.AdaptiveAvgPool3d(1)
-    return Wrapped(net, S3D_STAGES, "classifier.1")
+    return Wrapped(net, S3D_STAGES, "classifier.1", embed_name="classifier.0")

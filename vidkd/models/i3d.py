@@ -170,6 +170,7 @@ class I3D(VideoModel):
         groups = ([b for b in built if b.startswith(p)] for p in ("Conv3d_2c", "Mixed_3", "Mixed_4", "Mixed_5"))
         self.stage_names = tuple(group[-1] for group in groups if group)
         self.head_name = "Logits.Conv3d_0c_1x1.conv"
+        self.embed_name = "Logits.dropout"
 
     def forward(self, x):
         if self.adapt:

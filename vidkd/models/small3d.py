@@ -22,6 +22,7 @@ def _stage(c_in, c_out, convs):
 class Plain3D(VideoModel):
     stage_names = ("stages.0", "stages.1", "stages.2", "stages.3")
     head_name = "head"
+    embed_name = "pool.2"  # the dropout
 
     def __init__(self, num_classes, width, convs_per_stage, dropout=0.2):
         super().__init__()

@@ -40,6 +40,7 @@ class TSM(VideoModel):
         stages = [f["module"] for f in self.net.feature_info][-4:]  # timm's own list of stage modules
         self.stage_names = tuple(f"net.{name}" for name in stages)
         self.head_name = f"net.{self.net.pretrained_cfg['classifier']}"
+        self.stage_layout = "BT_CHW"  # the backbone runs on the clip's frames
 
     def forward(self, x):
         b, c, t, h, w = x.shape

@@ -1,50 +1,66 @@
 """Stage features and pooled embeddings of any vidkd model, through forward hooks (no edits to the models).
 
 `FeatureTaps(model)(x)` runs the model once and returns `(logits, features, embedding)`:
-- `features`: one `[B, C, T, H, W]` tensor per stage in `model.stage_names`, shallow to deep. Token stages
-  (`[B, N, D]`) are folded to the model's `token_grid` (a class token, if any, dropped); 2D-backbone stages
-  (`[B*T, C, H, W]`) are unfolded in time; a two-pathway stage (SlowFast) gives its slow pathway.
-- `embedding`: the classifier's input, averaged over any position left in it, `[B, D]`.
+- `features`: one channels-first grid per stage in `model.stage_names`, shallow to deep: `[B, C, T, H, W]` for a
+  video model, `[B, C, H, W]` for an image model. Each stage output is read by the layout the model declares
+  for it (`model.stage_layouts`, see LAYOUTS), never guessed from its number of dimensions; a two-pathway
+  stage (SlowFast) gives its slow pathway.
+- `embedding`: the input of `model.embed_name` (the classifier, or the dropout before it: the embedding is
+  taken before dropout), averaged over any position left in it, `[B, D]`.
 
-`probe(model, num_frames, crop_size)` finds every stage's channels and stride from one dummy forward.
+Hooks keep outputs only during a call of the taps: a plain `model(x)` (an evaluation) keeps nothing, and each
+call returns its own outputs (a second pass through the model does not change the first one's). A deep copy
+of the model (the EMA: `vidkd.engine.ema.plain_copy`) drops the hooks, which belong to the original.
+
+`probe(model, size)` finds every stage's channels and stride from one dummy forward of a `[1, 3, *size]` input.
 """
 import torch
 import torch.nn as nn
 
+# layout -> dimensions of the stage output
+LAYOUTS = {
+    "NCTHW": 5,  # a 3D CNN's map
+    "BT_CHW": 4,  # a 2D backbone run on frames (TSM): [B*T, C, H, W]
+    "NCHW": 4,  # a 2D CNN's map
+    "NHWC": 4,  # channels last (timm's Swin stages)
+    "tokens": 3,  # [B, N, D], folded to `model.token_grid`; leading tokens beyond the grid (class token) dropped
+}
 
-def to_grid(output, batch, token_grid=None):
-    """A stage output as `[B, C, T, H, W]`."""
-    if output.dim() == 5:
-        return output
-    if output.dim() == 4:  # [B*T, C, H, W]
+
+def to_grid(output, layout, batch, token_grid=None):
+    """A stage output of `layout` as a channels-first grid."""
+    if output.dim() != LAYOUTS[layout]:
+        raise ValueError(f"a stage output of shape {tuple(output.shape)} is not of its declared layout {layout}")
+    if layout == "BT_CHW":
         bt, c, h, w = output.shape
         return output.view(batch, bt // batch, c, h, w).transpose(1, 2)
-    if output.dim() == 3 and token_grid is not None:  # [B, N, D] tokens
-        t, h, w = token_grid
-        tokens = output[:, -t * h * w :]  # drops a leading class token when there is one
-        return tokens.transpose(1, 2).reshape(batch, output.shape[-1], t, h, w)
-    raise ValueError(f"cannot fold a stage output of shape {tuple(output.shape)} to [B, C, T, H, W]")
+    if layout == "NHWC":
+        return output.permute(0, 3, 1, 2)
+    if layout == "tokens":
+        n = 1
+        for side in token_grid:
+            n *= side
+        return output[:, -n:].transpose(1, 2).reshape(batch, output.shape[-1], *token_grid)
+    return output
 
 
-def pool_embedding(head_input, head, batch):
-    """The classifier's input as `[B, D]`: channels last for a Linear, dim 1 for a 1x1x1 conv."""
-    x = head_input if isinstance(head, nn.Linear) else head_input.movedim(1, -1)
+def pool_embedding(embed_input, module, batch):
+    """The embedding module's input as `[B, D]`: channels last for a Linear, dim 1 otherwise (a 1x1x1 conv
+    classifier, a dropout before the classifier)."""
+    x = embed_input if isinstance(module, nn.Linear) else embed_input.movedim(1, -1)
     return x.reshape(batch, -1, x.shape[-1]).mean(1)
 
 
 class FeatureTaps:
-    """The hooks keep outputs only during a call of the taps: a plain `model(x)` (a method that reads no stage
-    feature, an evaluation) leaves nothing alive in them."""
-
     def __init__(self, model):
         self.model, self._saved, self._active = model, {}, False
         self._hooks = [model.get_submodule(name).register_forward_hook(self._keep(name))
                        for name in model.stage_names]
-        self._hooks.append(model.head_module().register_forward_pre_hook(self._keep_head_input))
+        self._hooks.append(model.embed_module().register_forward_pre_hook(self._keep_embed_input))
 
-    def _keep_head_input(self, module, args):
+    def _keep_embed_input(self, module, args):
         if self._active:
-            self._saved["head"] = args[0]
+            self._saved["embed"] = args[0]
 
     def _keep(self, name):
         def hook(module, args, output):
@@ -61,10 +77,10 @@ class FeatureTaps:
             logits = self.model(x)
         finally:
             self._active = False
-        batch = x.shape[0]
-        grid = self.model.token_grid
-        features = [to_grid(self._saved[name], batch, grid) for name in self.model.stage_names]
-        embedding = pool_embedding(self._saved["head"], self.model.head_module(), batch)
+        batch, grid, model = x.shape[0], self.model.token_grid, self.model
+        features = [to_grid(self._saved[name], layout, batch, grid)
+                    for name, layout in zip(model.stage_names, model.layouts())]
+        embedding = pool_embedding(self._saved["embed"], model.embed_module(), batch)
         self._saved.clear()
         return logits, features, embedding
 
@@ -74,19 +90,18 @@ class FeatureTaps:
 
 
 @torch.no_grad()
-def probe(model, num_frames, crop_size):
-    """`{"stages": [{"name", "channels", "grid": (T, H, W), "stride": (t, h, w)}], "embed_dim"}` from one dummy
-    forward."""
+def probe(model, size):
+    """`{"stages": [{"name", "channels", "grid", "stride"}], "embed_dim"}` from one dummy forward of a
+    `[1, 3, *size]` input (`size`: (T, H, W) for a video model, (H, W) for an image model)."""
     was_training = model.training
     model.eval()
     taps = FeatureTaps(model)
     try:
         device = next(model.parameters()).device
-        _, features, embedding = taps(torch.zeros(1, 3, num_frames, crop_size, crop_size, device=device))
+        _, features, embedding = taps(torch.zeros(1, 3, *size, device=device))
     finally:
         taps.remove()
         model.train(was_training)
-    size = (num_frames, crop_size, crop_size)
     stages = [{"name": name, "channels": f.shape[1], "grid": tuple(f.shape[2:]),
                "stride": tuple(round(s / n) for s, n in zip(size, f.shape[2:]))}
               for name, f in zip(model.stage_names, features)]

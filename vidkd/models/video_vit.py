@@ -126,6 +126,8 @@ class VideoViT(VideoModel):
     """
 
     head_name = "head"
+    embed_name = "head_drop"
+    stage_layout = "tokens"
 
     def __init__(self, num_classes, num_frames=16, crop_size=224, embed_dim=768, depth=12, num_heads=12,
                  mlp_ratio=4.0, patch_size=16, tubelet_size=2, drop_path=0.1, head_drop=0.0,
