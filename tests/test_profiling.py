@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vidkd.models import build_model
+from vidkd.models import build_image_model, build_model
 from vidkd.profiling import count_flops, measure_latency, peak_memory_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +26,16 @@ def test_x3d_xs_paper_figures():
     result = count_flops(build_model("x3d_xs", 400, 4, 160), (1, 3, 4, 160, 160))
     assert result["gflops"] == pytest.approx(0.60, rel=0.05)
     assert result["params_m"] == pytest.approx(3.79, rel=0.01)
+
+
+@pytest.mark.parametrize("name, gflops, digits, params", [("resnet18", 1.82, 2, 11.69), ("resnet50", 4.1, 1, 25.56),
+                                                          ("deit_tiny", 1.3, 1, 5.72), ("swin_tiny", 4.5, 1, 28.29)])
+def test_image_models_published_figures(name, gflops, digits, params):
+    """At 1x3x224x224 with 1000 classes: GFLOPs as published to the digits published (torchvision's ResNet-18
+    1.82; ResNet-50 4.1, DeiT-Ti 1.3 (DeiT paper), Swin-T 4.5 (Swin paper)), parameters as timm's."""
+    result = count_flops(build_image_model(name, 1000, 224), (1, 3, 224, 224))
+    assert round(result["gflops"], digits) == gflops
+    assert result["params_m"] == pytest.approx(params, abs=0.01)
 
 
 def test_videomae_vit_b():
@@ -76,8 +86,8 @@ def test_latency():
 
 def test_peak_memory_grows_with_the_clip():
     kwargs = dict(num_classes=10, num_frames=4, crop_size=64)
-    small = peak_memory_mb("x3d_xs", kwargs, (1, 3, 4, 64, 64))
-    big = peak_memory_mb("x3d_xs", dict(kwargs, crop_size=160), (1, 3, 4, 160, 160))
+    small = peak_memory_mb("video", "x3d_xs", kwargs, (1, 3, 4, 64, 64))
+    big = peak_memory_mb("video", "x3d_xs", dict(kwargs, crop_size=160), (1, 3, 4, 160, 160))
     assert 0 < small < big
 
 
@@ -105,3 +115,19 @@ def test_profile_net_cli(tmp_path):
     assert report["distillation"]["teachers_forward"] == {"x3d_xs": teacher}
     assert report["distillation"]["ratio"] == pytest.approx((teacher + 3 * student) / (3 * student))
     assert "distillation cost" in proc.stdout
+
+
+def test_profile_net_profiles_image_models(tmp_path):
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, "tools/profile_net.py", "--config", "configs/demo/synthetic.yaml", "TASK", "image",
+           "MODEL.TEACHERS", "[deit_mini]", "MODEL.STUDENT", "resnet_mini", "--runs", "2", "--batch", "2",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["input_shape"] == [1, 3, 32, 32]
+    for name in ("deit_mini", "resnet_mini"):
+        direct = count_flops(build_image_model(name, 400, 32), (1, 3, 32, 32))
+        assert report["models"][name]["gflops"] == pytest.approx(direct["gflops"])
+    assert report["distillation"]["ratio"] > 1

@@ -3,7 +3,8 @@
     python tools/profile_net.py --config X.yaml [--models a b ...] [--runs 10] [--batch B]
         [--frames T] [--size S] [--json out.json] [KEY VALUE ...]
 
-Clip: [1, 3, DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE, DATA.TEST_CROP_SIZE] (or --frames / --size). GFLOPs are
+Input: a clip [1, 3, DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE, DATA.TEST_CROP_SIZE] (or --frames / --size), or with
+TASK image an image [1, 3, DATA.TEST_CROP_SIZE, DATA.TEST_CROP_SIZE] (or --size). GFLOPs are
 fvcore's (one multiply-add = one flop), per view and per video (TEST.NUM_CLIPS x TEST.NUM_CROPS views).
 Latency: median of --runs forwards after 3 warm-up ones, at batch 1 and at --batch (default
 TRAIN.BATCH_SIZE), on the CPU and on CUDA when there is one. Peak memory: the CPU max-RSS growth of a batch-1
@@ -21,14 +22,14 @@ from vidkd.cli import run
 from vidkd.config import load_config
 from vidkd.errors import ConfigError
 from vidkd.profiling import count_flops, measure_latency, peak_memory_mb  # first: fvcore.nn imported quietly
-from vidkd.models import MODELS, build_model  # noqa: I001
-from vidkd.models.base import config_kwargs
+from vidkd.models import REGISTRIES  # noqa: I001
+from vidkd.models.base import build_for_task, config_kwargs
 
 
-def profile(name, kwargs, shape, batch, runs, devices):
-    model = build_model(name, **kwargs)
+def profile(task, name, kwargs, shape, batch, runs, devices):
+    model = build_for_task(task, name, **kwargs)
     result = count_flops(model, shape)
-    result["cpu_peak_mb"] = peak_memory_mb(name, kwargs, shape)
+    result["cpu_peak_mb"] = peak_memory_mb(task, name, kwargs, shape)
     result["latency"] = {device: {str(b): measure_latency(model, (b, *shape[1:]), device, runs=runs)
                                   for b in (1, batch)} for device in devices}
     return result
@@ -57,22 +58,27 @@ def main(argv=None):
     cfg = load_config(args.config, args.overrides)
 
     names = args.models or list(dict.fromkeys([*cfg.MODEL.TEACHERS, cfg.MODEL.STUDENT]))
-    unknown = [n for n in names if n not in MODELS]
+    registry = REGISTRIES[cfg.TASK]
+    unknown = [n for n in names if n not in registry]
     if unknown:
-        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; registered: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"unknown {cfg.TASK} model(s) {', '.join(unknown)}; registered: {', '.join(sorted(registry))}")
     frames, size = args.frames or cfg.DATA.NUM_FRAMES, args.size or cfg.DATA.TEST_CROP_SIZE
-    shape = (1, 3, frames, size, size)
-    kwargs = dict(num_classes=cfg.MODEL.NUM_CLASSES or 400, num_frames=frames, crop_size=size)
+    kwargs = dict(num_classes=cfg.MODEL.NUM_CLASSES or 400, crop_size=size)
+    if cfg.TASK == "video":
+        shape, kwargs["num_frames"] = (1, 3, frames, size, size), frames
+    else:
+        shape = (1, 3, size, size)
     batch = args.batch or cfg.TRAIN.BATCH_SIZE
     views = cfg.TEST.NUM_CLIPS * cfg.TEST.NUM_CROPS
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
     results = {}
     for name in tqdm(names, desc="profiling"):
-        results[name] = profile(name, {**kwargs, **config_kwargs(cfg, name)}, shape, batch, args.runs, devices)
+        results[name] = profile(cfg.TASK, name, {**kwargs, **config_kwargs(cfg, name)}, shape, batch, args.runs,
+                                devices)
         results[name]["gflops_per_video"] = results[name]["gflops"] * views
 
-    print(f"\nclip {list(shape)}, {views} views per video, latency: median of {args.runs} forwards (ms)")
+    print(f"\ninput {list(shape)}, {views} views per video, latency: median of {args.runs} forwards (ms)")
     columns = ["model", "GFLOPs/view", "GFLOPs/video", "params M", "cpu peak MB"]
     columns += [f"{d} b{b} ms" for d in devices for b in (1, batch)]
     columns += ["cuda peak MB"] if "cuda" in devices else []
@@ -90,7 +96,7 @@ def main(argv=None):
     distill = None
     if {cfg.MODEL.STUDENT, *cfg.MODEL.TEACHERS} <= results.keys():
         distill = distillation_cost(cfg, results)
-        print(f"\ndistillation cost per training clip ({frames}x{size}x{size}; backward = 2x forward): "
+        print(f"\ndistillation cost per training input ({'x'.join(map(str, shape[2:]))}; backward = 2x forward): "
               + " + ".join(f"{t} {g:.2f}" for t, g in distill["teachers_forward"].items())
               + f" + student fwd+bwd {distill['student_forward_backward']:.2f} = {distill['total']:.2f} GFLOPs, "
               f"{distill['ratio']:.1f}x the student alone")

@@ -52,6 +52,11 @@ def build_image_model(name, num_classes, crop_size=224, **kwargs):
     return _named(IMAGE_MODELS[name](num_classes=num_classes, crop_size=crop_size, **kwargs), name)
 
 
+def build_for_task(task, name, **kwargs):
+    """`build_model` for a video model, `build_image_model` for an image model (TASK)."""
+    return (build_model if task == "video" else build_image_model)(name, **kwargs)
+
+
 def config_kwargs(cfg, name):
     """Builder options the config sets for `name`: MODEL.VIT_PATCH_SIZE, VIT_DEPTH (when set), VIT_STEM and
     VIT_HEAD_INIT_SCALE for a VideoMAE ViT; DATA.MEAN / STD for I3D (the clip's normalisation, which it maps

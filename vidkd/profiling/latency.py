@@ -62,9 +62,9 @@ def measure_steps(steps, data, device, warmup=3):
     return {name: (statistics.median(times[name]), peaks[name]) for name in steps}
 
 
-def peak_memory_mb(name, kwargs, input_shape):
-    """CPU memory of one forward of registered model `name` (`build_model(name, **kwargs)`) on a clip of
-    `input_shape`: how far the peak RSS during the forward rises above the RSS after building the model.
+def peak_memory_mb(task, name, kwargs, input_shape):
+    """CPU memory of one forward of registered model `name` (`build_for_task(task, name, **kwargs)`) on an input
+    of `input_shape`: how far the peak RSS during the forward rises above the RSS after building the model.
 
     The forward runs in a fresh "spawn" child process, since a high-water mark in this process would already
     be raised by any earlier, bigger model. The child reads the kernel's VmHWM (reset to the current RSS
@@ -72,13 +72,13 @@ def peak_memory_mb(name, kwargs, input_shape):
     high-water mark through fork and exec, so in the child too it starts at the parent's peak.
     """
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_forward_rss_growth, (name, kwargs, input_shape))
+        return pool.apply(_forward_rss_growth, (task, name, kwargs, input_shape))
 
 
-def _forward_rss_growth(name, kwargs, input_shape):
-    from vidkd.models import build_model
+def _forward_rss_growth(task, name, kwargs, input_shape):
+    from vidkd.models.base import build_for_task
 
-    model = build_model(name, **kwargs).eval()
+    model = build_for_task(task, name, **kwargs).eval()
     before = reset_high_water()
     with torch.inference_mode():
         model(torch.randn(input_shape))
