@@ -27,9 +27,10 @@ for _core in ("numpy.core", "numpy._core"):
                         (f"{_core}.multiarray", "scalar"): "scalar", (f"{_core}.numeric", "_frombuffer"): "_frombuffer"})
 
 
-def load(path, allow_numpy=False):
+def load(path, allow_numpy=False, encoding="ASCII"):
     """The object pickled in the file `path`: dict, list, tuple, str, bytes, int, float, bool, None, set,
     frozenset, complex, bytearray and, with `allow_numpy`, numpy arrays (plain ndarray only) and scalars.
+    `encoding`: how Python 2 strings load (pickle's own option; "bytes" keeps them bytes, as numpy's data needs).
 
     Raises UnsafePickleError for anything else, CheckpointError for a missing, truncated or corrupt file.
     """
@@ -39,7 +40,7 @@ def load(path, allow_numpy=False):
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e.strerror}")
     try:
-        return _Unpickler(io.BytesIO(data), path, allow_numpy).load()
+        return _Unpickler(io.BytesIO(data), path, allow_numpy, encoding).load()
     except UnsafePickleError:
         raise
     except Exception as e:  # a truncated or corrupt pickle fails anywhere inside the unpickler, with any type
@@ -51,8 +52,8 @@ def load(path, allow_numpy=False):
 class _Unpickler(pickle._Unpickler):
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, path, allow_numpy):
-        super().__init__(file)
+    def __init__(self, file, path, allow_numpy, encoding="ASCII"):
+        super().__init__(file, encoding=encoding)
         self.path, self.allow_numpy = path, allow_numpy
         self.guards = {"ndarray": self._ndarray_called, "dtype": self._dtype, "_reconstruct": self._reconstruct,
                        "scalar": self._scalar, "_frombuffer": self._frombuffer}

@@ -52,6 +52,9 @@ _C.DATA.TRAIN_CROP_SIZE = 112
 _C.DATA.TRAIN_CROP_SCALE = [0.4, 1.0]
 # Training: aspect-ratio range of the random resized crop.
 _C.DATA.TRAIN_CROP_RATIO = [0.75, 1.3333]
+# Training: with N > 0, CIFAR-style augmentation instead of the random resized crop: zero padding of N pixels
+# on every side, then a random TRAIN_CROP_SIZE crop (CIFAR: 4).
+_C.DATA.TRAIN_PAD = 0
 # Training: random horizontal flip. Off for datasets whose classes are mirror images of each other
 # (left vs right, clockwise vs counter-clockwise: the synthetic set).
 _C.DATA.FLIP = True
@@ -257,6 +260,7 @@ RULES = {
     "DATA.TARGET_FPS": Range(0, 1000),
     "DATA.TRAIN_CROP_SIZE": Range(1, 1024),
     "DATA.TRAIN_CROP_SCALE": List(Range(0, 1, above=True), 2, ordered=True),
+    "DATA.TRAIN_PAD": Range(0, 1024),
     "DATA.TRAIN_CROP_RATIO": List(Range(0, above=True), 2, ordered=True),
     "DATA.FLIP": ANY,
     "DATA.TEST_SHORT_SIDE": Range(1, 1024),

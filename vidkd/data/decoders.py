@@ -160,6 +160,53 @@ class FrameFolderReader:
             return None
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
+
+
+class ImageFileReader:
+    """One image file as a 1-frame video (TASK image). A truncated or unreadable file raises DecodeError."""
+
+    def __init__(self, path):
+        self.path, self.num_frames, self.fps = path, 1, 0.0
+
+    def get_frames(self, indices):
+        try:
+            with Image.open(self.path) as image:
+                frame = np.asarray(image.convert("RGB"))  # convert loads every pixel: a cut file fails here
+        except OSError as e:  # missing, empty, truncated, not an image (UnidentifiedImageError is an OSError)
+            raise DecodeError(self.path, f"cannot read the image ({e})") from None
+        return torch.from_numpy(frame[None].repeat(len(indices), 0))
+
+
+class ArrayReader:
+    """A `.npy` array of images `[N, H, W]` (grey) or `[N, H, W, 3]`, uint8, as an N-frame video: a sample is one
+    row, `start_frame = stop_frame = row` (data_prep writes datasets kept as arrays this way: CIFAR,
+    Fashion-MNIST). Read memory-mapped, never unpickled."""
+
+    def __init__(self, path):
+        try:
+            self._array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DecodeError(path, f"not a readable .npy array ({e})") from None
+        if self._array.dtype != np.uint8 or self._array.ndim not in (3, 4) or self._array.shape[3:] not in ((), (3,)):
+            raise DecodeError(path, f"expected uint8 images [N, H, W] or [N, H, W, 3], got {self._array.dtype} "
+                                    f"{list(self._array.shape)}")
+        self.path, self.num_frames, self.fps = path, len(self._array), 0.0
+
+    def get_frames(self, indices):
+        frames = np.asarray(self._array[np.asarray(indices, dtype=np.int64)])
+        return torch.from_numpy(frames if frames.ndim == 4 else np.repeat(frames[..., None], 3, axis=3))
+
+
+def still_reader(path):
+    """The reader of an image file or an array of images, or None for a video."""
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        return ImageFileReader(path)
+    if path.endswith(".npy"):
+        return ArrayReader(path)
+    return None
+
+
 def _fill_from_decodable(path, indices, get):
     """Stack frames for `indices`; an index with no frame takes the nearest decodable frame before it
     (or, for the first, after it)."""

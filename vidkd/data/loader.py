@@ -140,8 +140,11 @@ class VideoLoader:
 
 
 def clip_spec(cfg):
+    """The frames of one input: DATA.NUM_FRAMES for a clip; one frame for an image (TASK image: an image file,
+    a row of an image array, or one frame of a video, random in training, TEST.NUM_CLIPS evenly spaced ones in
+    testing, whose scores are averaged)."""
     d = cfg.DATA
-    return ClipSpec(d.NUM_FRAMES, d.SAMPLING_RATE, d.SAMPLING, d.TARGET_FPS)
+    return ClipSpec(d.NUM_FRAMES if cfg.TASK == "video" else 1, d.SAMPLING_RATE, d.SAMPLING, d.TARGET_FPS)
 
 
 def manifest_path(cfg, train, split=None):
@@ -157,12 +160,13 @@ def build_dataset(cfg, train, split=None, cache_views=0):
     manifest = Manifest.load(path)
     if train:
         manifest = manifest.per_class(d.TRAIN_PER_CLASS, cfg.SEED)
-        transform = TrainTransform(d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SCALE, d.TRAIN_CROP_RATIO, d.FLIP, d.MEAN, d.STD)
+        transform = TrainTransform(d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SCALE, d.TRAIN_CROP_RATIO, d.FLIP, d.MEAN, d.STD,
+                                   d.TRAIN_PAD)
     else:
         transform = TestTransform(d.TEST_SHORT_SIDE, d.TEST_CROP_SIZE, d.MEAN, d.STD)
     return VideoDataset(manifest, clip_spec(cfg), transform, train, cfg.TEST.NUM_CLIPS, cfg.TEST.NUM_CROPS,
                         d.DECODER, d.DECODE_THREADS, cfg.SEED, d.MAX_RETRIES, d.DECODE_TIMEOUT,
-                        cache_views if train else 0, load_index(path))
+                        cache_views if train else 0, load_index(path), image=cfg.TASK == "image")
 
 
 def build_loader(cfg, train, rank=0, world_size=1, split=None, cache_views=0):

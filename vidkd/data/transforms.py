@@ -1,7 +1,8 @@
 """Spatial transforms on video tensors with torchvision.transforms.v2.
 
 Input: uint8 frames `[T, H, W, 3]` as decoded. Output: float `[3, T, H, W]`, normalised with the config's
-per-family mean / std. Training: random resized crop -> (flip) -> normalise. The crop box is drawn as a
+per-family mean / std. Training: random resized crop (or, CIFAR style, zero padding and a random crop of the crop
+size) -> (flip) -> normalise. The crop box is drawn as a
 fraction of the frame's area and aspect, so it is the same in distribution with or without a short-side
 resize before it; cropping the decoded frame and resizing once to the crop size saves a second
 interpolation (and antialiases from the full-resolution pixels).
@@ -26,8 +27,11 @@ def _finish(video, mean, std):
 
 
 class TrainTransform:
-    def __init__(self, crop_size, scale, ratio, flip, mean, std):
-        steps = [v2.RandomResizedCrop(crop_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)]
+    def __init__(self, crop_size, scale, ratio, flip, mean, std, pad=0):
+        if pad:
+            steps = [v2.Pad(pad), v2.RandomCrop(crop_size)]
+        else:
+            steps = [v2.RandomResizedCrop(crop_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)]
         if flip:
             steps.append(v2.RandomHorizontalFlip())
         self.augment, self.mean, self.std = v2.Compose(steps), mean, std

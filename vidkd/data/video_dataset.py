@@ -5,7 +5,8 @@ Training: one item per video (with the teachers' stored outputs for its view, un
 an item is the same whichever worker makes it). With a pool of `views` per video (the teacher-output cache),
 each epoch picks one of the video's views from `(seed, epoch, index)` and the view's draws come from
 `(seed, index, view)`, so a view is the same clip every time. Testing: `n_clips x n_crops` items per video, each with
-its view index. A video that cannot be decoded is reported in the item's `failures` (path, message); in
+its view index. With `image`, a sample is read as a 1-frame clip (an image file, a row of an image array, a frame of
+a video) and an item is that frame, `[3, H, W]`. A video that cannot be decoded is reported in the item's `failures` (path, message); in
 training another sample is drawn in its place, in testing the item comes back with
 `valid = False` so the evaluator can leave it out rather than score a different video.
 """
@@ -17,15 +18,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vidkd.data.decoders import FrameFolderReader, read_clip
+from vidkd.data.decoders import FrameFolderReader, read_clip, still_reader
 from vidkd.data.sampling import test_indices, train_indices
 from vidkd.errors import DataError, DecodeError, DecodeTimeout
 
 
 class VideoDataset(Dataset):
     def __init__(self, manifest, spec, transform, train, n_clips=1, n_crops=1, decoder="decord",
-                 threads=1, seed=0, max_retries=10, timeout=0.0, views=0, seek_index=None):
+                 threads=1, seed=0, max_retries=10, timeout=0.0, views=0, seek_index=None, image=False):
         self.manifest, self.spec, self.transform, self.train, self.views = manifest, spec, transform, train, views
+        self.image = image  # items are images [3, H, W]: the one frame of a 1-frame clip
         self.n_clips, self.n_crops = (1, 1) if train else (n_clips, n_crops)
         self.decoder, self.threads, self.seed = decoder, threads, seed
         self.max_retries, self.timeout = max_retries, timeout
@@ -85,7 +87,7 @@ class VideoDataset(Dataset):
     def _item(self, j, view, video, valid, failures, sample=None):
         """Item of video j; `sample`: the index asked for (the key of the teacher cache), j unless replaced."""
         targets, sample = self.manifest.samples[j].targets, j if sample is None else sample
-        item = {"input": video, "targets": dict(targets), "index": j, "view": view, "valid": valid,
+        item = {"input": video[:, 0] if self.image else video, "targets": dict(targets), "index": j, "view": view, "valid": valid,
                 "failures": failures, "sample": sample}
         if self.train and self.teacher_cache is not None:
             item["teacher"] = self.teacher_cache.read(sample, view)
@@ -104,8 +106,8 @@ class VideoDataset(Dataset):
             return indices_in(lo, hi, fps)
 
         with time_limit(self.timeout, path):
-            if rec.frames:
-                reader = FrameFolderReader(path, self.manifest.frame_template)
+            reader = FrameFolderReader(path, self.manifest.frame_template) if rec.frames else still_reader(path)
+            if reader is not None:
                 return reader.get_frames(indices_for(reader.num_frames, rec.fps))
             return read_clip(path, indices_for, self.decoder, self.threads, self.seek_index)
 
