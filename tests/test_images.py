@@ -1,0 +1,171 @@
+"""TASK image: the methods on image model pairings, the image data layouts (folders, CIFAR pickles, idx, arrays),
+and a run of tools/train_net.py on images."""
+import gzip
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from conftest import launch, ok, records
+from PIL import Image
+
+from vidkd.config import load_config
+from vidkd.data.datasets.images import parse_image_folder, read_cifar_batch, read_idx
+from vidkd.data.loader import build_loader
+from vidkd.distill.build import build_distiller, teachers_needed
+from vidkd.errors import AnnotationError, UnsafePickleError
+from vidkd.models import build_image_model
+
+CROP = 32
+PAIRS = {"CNN -> ViT": ("resnet_mini", "deit_mini"), "ViT -> CNN": ("deit_mini", "resnet_mini"),
+         "CNN -> MLP": ("convnext_mini", "resmlp_mini"), "Swin -> CNN": ("swin_mini", "resnet_mini")}
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "fitnet", "rkd"])
+@pytest.mark.parametrize("pair", sorted(PAIRS))
+def test_methods_train_on_image_pairings_with_losses_going_down(method, pair):
+    teacher_name, student_name = PAIRS[pair]
+    rkd = ["DISTILL.RKD_WEIGHT", "1.0"] if method == "rkd" else []
+    cfg = load_config(None, ["TASK", "image", "DISTILL.METHOD", method, "DATA.TRAIN_CROP_SIZE", str(CROP),
+                             "MODEL.TEACHERS", f"[{teacher_name}]", "DISTILL.TEACHER_INDEX", "0", *rkd])
+    torch.manual_seed(0)
+    teachers = [build_image_model(teacher_name, 4, CROP)]
+    distiller = build_distiller(cfg, build_image_model(student_name, 4, CROP),
+                                [teachers[i] for i in teachers_needed(cfg)], {"label": 4}).train()
+    g = torch.Generator().manual_seed(1)
+    batch = {"input": torch.randn(6, 3, CROP, CROP, generator=g), "targets": {"label": torch.randint(0, 4, (6,), generator=g)}}
+    optimizer = torch.optim.AdamW([p for p in distiller.parameters() if p.requires_grad], lr=3e-3)
+    totals = []
+    for _ in range(20):
+        logits, losses = distiller(batch)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        totals.append(float(loss.detach()))
+    assert logits.shape == (6, 4)
+    assert sum(totals[-3:]) / 3 < 0.8 * totals[0], totals
+    assert not any(p.requires_grad for t in distiller.teachers for p in t.parameters())
+
+
+def write_idx(path, array, compress):
+    codes = {np.dtype(np.uint8): 0x08}
+    data = bytes([0, 0, codes[array.dtype], array.ndim]) + b"".join(struct.pack(">I", s) for s in array.shape)
+    data += array.tobytes()
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_files_read_with_and_without_gzip_and_bad_ones_are_refused(tmp_path, compress):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = str(tmp_path / ("x.idx" + (".gz" if compress else "")))
+    write_idx(path, images, compress)
+    assert np.array_equal(read_idx(path), images)
+    cut = tmp_path / "cut.idx"
+    cut.write_bytes(open(path, "rb").read()[:-1] if not compress else gzip.decompress(open(path, "rb").read())[:-1])
+    with pytest.raises(AnnotationError, match=r"cut.idx: idx header says \[2, 3, 4\] of uint8 \(24 bytes\), the file holds 23"):
+        read_idx(str(cut))
+    (tmp_path / "text.idx").write_text("hello")
+    with pytest.raises(AnnotationError, match="not an idx file"):
+        read_idx(str(tmp_path / "text.idx"))
+
+
+def test_the_real_fashion_mnist_files_read_when_installed():
+    """Debian's dataset-fashion-mnist, where installed (the README says how): 60000 training images of 28 x 28."""
+    root = "/usr/share/datasets/fashion-mnist"
+    if not os.path.isdir(root):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed here")
+    images = read_idx(f"{root}/train-images-idx3-ubyte.gz")
+    labels = read_idx(f"{root}/train-labels-idx1-ubyte.gz")
+    assert images.shape == (60000, 28, 28) and np.bincount(labels).tolist() == [6000] * 10
+
+
+class Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2's str opcodes (SHORT_BINSTRING / BINSTRING), as CIFAR's own files hold them."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj):
+        n = len(obj)
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256 else pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def write_cifar_batch(path, data, labels):
+    with open(path, "wb") as f:
+        Python2Pickler(f, protocol=2).dump({b"batch_label": b"testing batch 1 of 1", b"labels": labels,
+                                            b"data": data, b"filenames": [b"a.png"] * len(labels)})
+
+
+def test_a_cifar_batch_in_python_2s_layout_reads_and_one_carrying_an_object_is_refused(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
+    write_cifar_batch(tmp_path / "test_batch", data, [0, 9, 4])
+    images, labels = read_cifar_batch(str(tmp_path / "test_batch"), "labels")
+    assert images.shape == (3, 32, 32, 3) and labels.tolist() == [0, 9, 4]
+    assert np.array_equal(images[1, :, :, 2], data[1, 2048:].reshape(32, 32))  # channel planes, row-major
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, ("touch " + str(tmp_path / "ran"),)
+
+    with open(tmp_path / "evil", "wb") as f:
+        Python2Pickler(f, protocol=2).dump({b"data": data, b"labels": Payload()})
+    with pytest.raises(UnsafePickleError, match=r"evil.*posix.system"):
+        read_cifar_batch(str(tmp_path / "evil"), "labels")
+    assert not (tmp_path / "ran").exists()
+
+
+def image_folder(root, per_class=6, broken=()):
+    """Class folders `a`, `b` of PNG images (a: dark top half, b: dark bottom half, so a flip keeps the class);
+    `broken`: (class, name, bytes) files written as given."""
+    for label, cls in enumerate("ab"):
+        os.makedirs(root / cls, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.full((36, 40, 3), 200, np.uint8)
+            pixels[18 * label: 18 * (label + 1)] = 10 + 5 * i
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    for cls, name, content in broken:
+        (root / cls / name).write_bytes(content)
+    return root
+
+
+def image_config(tmp_path, manifests, method="ce", *more):
+    return load_config(None, ["TASK", "image", "DATA.MANIFEST_DIR", str(manifests), "DATA.TRAIN_CROP_SIZE", "32",
+                              "DATA.TEST_SHORT_SIDE", "32", "DATA.TEST_CROP_SIZE", "32", "DATA.NUM_WORKERS", "0",
+                              "TRAIN.BATCH_SIZE", "4", "DISTILL.METHOD", method, *more])
+
+
+def test_a_truncated_or_empty_image_is_skipped_and_counted(tmp_path):
+    good = (tmp_path / "ok.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    root = image_folder(tmp_path / "train", broken=[("a", "empty.png", b""), ("b", "cut.png", good.read_bytes()[:30])])
+    manifest = parse_image_folder(str(root), "folder", "train")
+    (tmp_path / "m").mkdir()
+    manifest.save(str(tmp_path / "m" / "train.json"))
+    loader = build_loader(image_config(tmp_path, tmp_path / "m", "ce", "DATA.MAX_FAIL_FRACTION", "0.5"), True)
+    loader.set_epoch(0)
+    seen = sum(len(b["input"]) for b in loader)
+    assert seen == 12 and loader.tracker.count == 2  # 14 images, 2 broken: replaced by others, and counted
+
+
+def test_train_net_trains_on_an_image_folder(tmp_path):
+    """TASK image end to end: data_prep/prepare_images.py on class folders of PNGs, then tools/train_net.py."""
+    for split in ("train", "test"):
+        image_folder(tmp_path / split)
+    out = tmp_path / "folder"
+    ok(launch(["data_prep/prepare_images.py", "folder", "--train", str(tmp_path / "train"), "--test",
+               str(tmp_path / "test"), "--out", str(tmp_path / "m")]))
+    (tmp_path / "c.yaml").write_text("TASK: image\nMODEL:\n  TEACHERS: [deit_mini, resnet_mini]\n")
+    args = ["DATA.MANIFEST_DIR", str(tmp_path / "m"), "DATA.TRAIN_CROP_SIZE", "32",
+            "DATA.TRAIN_PAD", "2", "DATA.TEST_SHORT_SIDE", "32", "DATA.TEST_CROP_SIZE", "32", "DATA.NUM_WORKERS", "0",
+            "TRAIN.BATCH_SIZE", "4", "TRAIN.EPOCHS", "3", "DISTILL.METHOD", "ce", "MODEL.STUDENT", "resnet_mini",
+            "DEEPSPEED.PRECISION", "fp32", "TEST.NUM_CLIPS", "1", "TEST.NUM_CROPS", "1", "OUTPUT_DIR", str(out)]
+    ok(launch(["tools/train_net.py", "--config", str(tmp_path / "c.yaml"), *args]))
+    history = records(str(out))
+    assert len(history) == 3 and history[-1]["loss/total"] < history[0]["loss/total"]
+    assert 0 <= history[-1]["test/top1"] <= 100
