@@ -23,7 +23,7 @@ PAIRS = {"CNN -> ViT": ("resnet_mini", "deit_mini"), "ViT -> CNN": ("deit_mini",
          "CNN -> MLP": ("convnext_mini", "resmlp_mini"), "Swin -> CNN": ("swin_mini", "resnet_mini")}
 
 
-@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "fitnet", "rkd"])
+@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "fitnet", "rkd", "ofa"])
 @pytest.mark.parametrize("pair", sorted(PAIRS))
 def test_methods_train_on_image_pairings_with_losses_going_down(method, pair):
     teacher_name, student_name = PAIRS[pair]
