@@ -28,13 +28,15 @@ def make(method, heads=None, *overrides):
     teachers = [build_model("videomae_vit_ti", k, FRAMES, CROP, depth=2),
                 build_model("x3d_m", k, FRAMES, CROP)]
     student = build_model("x3d_xs", k, FRAMES, CROP, dropout=0.0)
-    return build_distiller(cfg, student, [teachers[i] for i in teachers_needed(cfg)], heads)
+    distiller = build_distiller(cfg, student, [teachers[i] for i in teachers_needed(cfg)], heads)
+    distiller.num_samples = 6
+    return distiller
 
 
 def batch(heads=None, n=6):
     g = torch.Generator().manual_seed(1)
     heads = heads or {"label": 4}
-    return {"input": torch.randn(n, 3, FRAMES, CROP, CROP, generator=g),
+    return {"input": torch.randn(n, 3, FRAMES, CROP, CROP, generator=g), "index": torch.arange(n),
             "targets": {h: torch.randint(0, k, (n,), generator=g) for h, k in heads.items()}}
 
 

@@ -23,7 +23,7 @@ PAIRS = {"CNN -> ViT": ("resnet_mini", "deit_mini"), "ViT -> CNN": ("deit_mini",
          "CNN -> MLP": ("convnext_mini", "resmlp_mini"), "Swin -> CNN": ("swin_mini", "resnet_mini")}
 
 
-@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "fitnet", "rkd", "ofa"])
+@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd"])
 @pytest.mark.parametrize("pair", sorted(PAIRS))
 def test_methods_train_on_image_pairings_with_losses_going_down(method, pair):
     teacher_name, student_name = PAIRS[pair]
@@ -34,8 +34,10 @@ def test_methods_train_on_image_pairings_with_losses_going_down(method, pair):
     teachers = [build_image_model(teacher_name, 4, CROP)]
     distiller = build_distiller(cfg, build_image_model(student_name, 4, CROP),
                                 [teachers[i] for i in teachers_needed(cfg)], {"label": 4}).train()
+    distiller.num_samples = 6
     g = torch.Generator().manual_seed(1)
-    batch = {"input": torch.randn(6, 3, CROP, CROP, generator=g), "targets": {"label": torch.randint(0, 4, (6,), generator=g)}}
+    batch = {"input": torch.randn(6, 3, CROP, CROP, generator=g), "index": torch.arange(6),
+             "targets": {"label": torch.randint(0, 4, (6,), generator=g)}}
     optimizer = torch.optim.AdamW([p for p in distiller.parameters() if p.requires_grad], lr=3e-3)
     totals = []
     for _ in range(20):
@@ -169,3 +171,29 @@ def test_train_net_trains_on_an_image_folder(tmp_path):
     history = records(str(out))
     assert len(history) == 3 and history[-1]["loss/total"] < history[0]["loss/total"]
     assert 0 <= history[-1]["test/top1"] <= 100
+
+
+def test_a_killed_image_run_with_crd_resumes_bit_identical_memory_banks_included(tmp_path):
+    """CRD's memory banks are method state, in each rank's checkpoint file: a run killed mid-epoch or at an
+    epoch's end and resumed ends with the uninterrupted run's student, bit for bit, and its metrics."""
+    from test_faults import assert_same_run, kill_at_a_random_step, position
+
+    for split in ("train", "test"):
+        image_folder(tmp_path / split)
+    ok(launch(["data_prep/prepare_images.py", "folder", "--train", str(tmp_path / "train"), "--test",
+               str(tmp_path / "test"), "--out", str(tmp_path / "m")]))
+    (tmp_path / "c.yaml").write_text("TASK: image\nMODEL:\n  TEACHERS: [deit_mini, deit_mini]\n  STUDENT: resnet_mini\n")
+    common = ["DATA.MANIFEST_DIR", str(tmp_path / "m"), "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_SHORT_SIDE", "32",
+              "DATA.TEST_CROP_SIZE", "32", "DATA.NUM_WORKERS", "0", "TRAIN.BATCH_SIZE", "2", "TRAIN.EPOCHS", "2",
+              "TRAIN.CHECKPOINT_STEPS", "2", "DISTILL.METHOD", "crd", "DISTILL.CRD_NEGATIVES", "5",
+              "DEEPSPEED.PRECISION", "fp32", "TEST.NUM_CLIPS", "1", "TEST.NUM_CROPS", "1"]
+    runs = {name: ["tools/train_net.py", "--config", str(tmp_path / "c.yaml"), *common, "OUTPUT_DIR",
+                   str(tmp_path / name)] for name in ("whole", "killed")}
+    ok(launch(runs["whole"]))
+    tag = kill_at_a_random_step(runs["killed"], tmp_path / "killed", 1, np.random.default_rng(0),
+                                tmp_path / "killed.log", [(0, 2), (0, 4), (1, 0), (1, 2)])
+    resumed = ok(launch([*runs["killed"], "--resume", "auto"]))
+    epoch, batch = position(tag)
+    assert f"resumed from epoch {epoch}, batch {batch}" in resumed.stderr
+    assert_same_run(tmp_path / "killed", tmp_path / "whole")
+    assert "loss/crd" in records(str(tmp_path / "whole"))[0]

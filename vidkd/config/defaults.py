@@ -171,7 +171,7 @@ _C.DEEPSPEED.PRECISION = "bf16"
 
 # ----------------------------------------------------------------------------- distillation
 _C.DISTILL = CfgNode()
-# ce (student alone, or a teacher fine-tuned) | kd | dkd | fitnet | rkd | ofa | dual_teacher.
+# ce (student alone, or a teacher fine-tuned) | kd | dkd | fitnet | rkd | ofa | crd | dual_teacher.
 _C.DISTILL.METHOD = "dual_teacher"
 # Single-teacher methods: which of MODEL.TEACHERS teaches (0 = the ViT, 1 = the 3D CNN).
 _C.DISTILL.TEACHER_INDEX = 0
@@ -181,7 +181,7 @@ _C.DISTILL.CE_WEIGHT = 1.0
 _C.DISTILL.TEMPERATURE = 4.0
 # Weight of the logit loss: KD / DKD / OFA / DATW (alpha in METHODS.md 2.3).
 _C.DISTILL.LOGIT_WEIGHT = 1.0
-# Weight of the feature loss: FitNet / SDD (beta in METHODS.md 2.3).
+# Weight of the feature loss: FitNet / CRD / SDD (beta in METHODS.md 2.3).
 _C.DISTILL.FEATURE_WEIGHT = 1.0
 # Weight gamma of RKD on pooled embeddings: of the rkd method (which needs it above 0) and of the dual teacher
 # (0 = off).
@@ -192,6 +192,10 @@ _C.DISTILL.DKD_BETA = 8.0
 _C.DISTILL.DKD_WARMUP = 20
 # OFA: exponent eps of the target enhancement (1.0 = plain KD + CE).
 _C.DISTILL.OFA_EPS = 1.5
+# CRD: width of the embedding heads, negatives per sample drawn from the memory banks, temperature.
+_C.DISTILL.CRD_DIM = 128
+_C.DISTILL.CRD_NEGATIVES = 4096
+_C.DISTILL.CRD_TEMPERATURE = 0.07
 # DATW teacher weights: adaptive | fixed (0.5 / 0.5) | vit_only | cnn_only.
 _C.DISTILL.DATW_MODE = "adaptive"
 # DATW confidence c_k: true_class (softmax(z_k)[y] on the training clip) | max_prob | neg_entropy |
@@ -306,7 +310,7 @@ RULES = {
     "SOLVER.MOMENTUM": Range(0, 1),
     "DEEPSPEED.ZERO_STAGE": OneOf(0, 1, 2),
     "DEEPSPEED.PRECISION": OneOf("fp32", "bf16", "fp16"),
-    "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "dual_teacher"),
+    "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "dual_teacher"),
     "DISTILL.TEACHER_INDEX": OneOf(0, 1),
     "DISTILL.CE_WEIGHT": Range(0),
     "DISTILL.TEMPERATURE": Range(0, above=True),
@@ -317,6 +321,9 @@ RULES = {
     "DISTILL.DKD_BETA": Range(0),
     "DISTILL.DKD_WARMUP": Range(0),
     "DISTILL.OFA_EPS": Range(0, above=True),
+    "DISTILL.CRD_DIM": Range(1, 65536),
+    "DISTILL.CRD_NEGATIVES": Range(1, 10**6),
+    "DISTILL.CRD_TEMPERATURE": Range(0, above=True),
     "DISTILL.DATW_MODE": OneOf("adaptive", "fixed", "vit_only", "cnn_only"),
     "DISTILL.DATW_CONFIDENCE": OneOf("true_class", "max_prob", "neg_entropy", "heldout_class"),
     "DISTILL.DATW_CALIBRATE": ANY,

@@ -41,6 +41,8 @@ class Distiller(nn.Module):
         self.cfg = cfg.DISTILL
         self.epoch = 0  # set by the engine (DKD's warm-up)
         self.cached = False  # set by the engine when the teachers' outputs come from the teacher-output cache
+        self.num_samples = 0  # set by the engine: the training split's size (batch["index"] counts in it)
+        self.seed = cfg.SEED
         self.stats = {}
         student.register_forward_pre_hook(input_in_weight_dtype, prepend=True)  # before channels-last: one copy
         self.student_taps = FeatureTaps(student)
@@ -62,6 +64,14 @@ class Distiller(nn.Module):
             return t.to(torch.float32, copy=True)
 
         return fp32(logits), [fp32(f) for f in features], fp32(embedding)
+
+    def method_state(self):
+        """State of the method that is not a parameter (a memory bank), as a dict of tensors: saved per rank in
+        every checkpoint and given back to `load_method_state` on resume."""
+        return {}
+
+    def load_method_state(self, state):
+        """Restore what `method_state` gave."""
 
     @classmethod
     def teacher_indices(cls, cfg):

@@ -1,5 +1,6 @@
 """Distillation methods by name (DISTILL.METHOD), each given the teachers it needs."""
 from vidkd.distill.ce import CE
+from vidkd.distill.crd import CRD
 from vidkd.distill.dkd import DKD
 from vidkd.distill.dual_teacher import DualTeacher
 from vidkd.distill.fitnet import FitNet
@@ -7,7 +8,8 @@ from vidkd.distill.kd import KD
 from vidkd.distill.ofa import OFA
 from vidkd.distill.rkd import RKD
 
-METHODS = {"ce": CE, "kd": KD, "dkd": DKD, "fitnet": FitNet, "rkd": RKD, "ofa": OFA, "dual_teacher": DualTeacher}
+METHODS = {"ce": CE, "kd": KD, "dkd": DKD, "fitnet": FitNet, "rkd": RKD, "ofa": OFA, "crd": CRD,
+           "dual_teacher": DualTeacher}
 
 
 def teachers_needed(cfg):

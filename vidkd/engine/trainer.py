@@ -195,6 +195,7 @@ class Trainer:
                               f"has {sum(self.heads.values())} classes ({self.heads}): set it to 0 or to that")
         self.class_names = label_sets
         distiller = build_training(cfg, self.heads, self.device)
+        distiller.num_samples = len(self.train_loader.dataset.manifest.samples)
         if distiller.calibrates:
             for teacher in distiller.teachers:  # the calibration split is read as test views
                 check_takes_input(teacher, cfg, "TEST_CROP_SIZE")
@@ -252,11 +253,16 @@ class Trainer:
         self.position, self.history, self.bad_steps = state["position"], state["history"], state["bad_steps"]
         if self.ema is not None:  # (older checkpoints hold torch's AveragedModel, with its step count)
             self.ema.load_state_dict({k: v for k, v in state["ema"].items() if k != "n_averaged"})
-        if self.position["batch"]:
+        # Per-rank state: the meters and batch-norm statistics of an epoch in progress, the method's own state.
+        keeps_state = bool(state.get("method_state"))
+        if self.position["batch"] or keeps_state:
             if state["world_size"] != self.world:
-                raise ConfigError(f"{self.checkpoints}/{manifest['tag']}: saved mid-epoch by {state['world_size']} "
-                                  f"ranks, resumed with {self.world}: resume mid-epoch with as many ranks")
+                raise ConfigError(f"{self.checkpoints}/{manifest['tag']}: saved by {state['world_size']} ranks "
+                                  f"{'mid-epoch' if self.position['batch'] else 'with per-rank method state'}, resumed "
+                                  f"with {self.world}: resume with as many ranks")
             own = checkpointing.load_rank_state(self.checkpoints, manifest["tag"], self.rank)
+            self.distiller.load_method_state(own.get("method", {}))
+        if self.position["batch"]:
             self.meters = own["meters"]
             with torch.no_grad():  # this rank's batch-norm statistics of the epoch in progress
                 for name, buffer in self._rank_buffers().items():
@@ -283,7 +289,9 @@ class Trainer:
         state = {"position": dict(self.position), "precision": self.cfg.DEEPSPEED.PRECISION,
                  "history": self.history, "bad_steps": dict(self.bad_steps),
                  "world_size": self.world, "ema": self.ema.state_dict() if self.ema else None}
-        own = {"meters": meters, "buffers": self._rank_buffers()}
+        method = self.distiller.method_state()
+        state["method_state"] = bool(method)
+        own = {"meters": meters, "buffers": self._rank_buffers(), "method": method}
         checkpointing.save(self.engine, self.checkpoints, tag, state, own, self.cfg.dump(),
                            self.cfg.TRAIN.KEEP_CHECKPOINTS)
 
@@ -327,7 +335,7 @@ class Trainer:
             losses = None  # a batch lost with a loader worker (its videos are counted as failed)
             if batch is not None:
                 # The clip in fp32, as the teachers take it (the student casts it to its own dtype).
-                inputs = {"input": batch["input"].to(self.device, non_blocking=True),
+                inputs = {"input": batch["input"].to(self.device, non_blocking=True), "index": batch["index"],
                           "targets": {h: y.to(self.device) for h, y in batch["targets"].items()}}
                 if "teacher" in batch:  # stored as fp16, used as fp32 like a live teacher's outputs
                     inputs["teacher"] = {k: v.to(self.device, non_blocking=True).float()
