@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from conftest import launch, load_student, ok, records, write_config
+from conftest import TIMEOUT, launch, load_student, ok, records, write_config
 
 from vidkd.config import load_config
 from vidkd.distill.build import METHODS, build_distiller, teachers_needed
@@ -55,7 +55,9 @@ def plan(tmp_path, dataset, extra):
 def run_all(tmp_path, runs, ranks):
     path = tmp_path / "runs.json"
     path.write_text(json.dumps(runs))
-    return ok(launch(["tools/run_many.py", str(path)], ranks=ranks, threads=None if ranks > 1 else "1"))
+    # every method three times (straight, stopped, resumed) in one process: more than one run's time limit
+    return ok(launch(["tools/run_many.py", str(path)], ranks=ranks, threads=None if ranks > 1 else "1",
+                     timeout=3 * TIMEOUT))
 
 
 def check_runs(tmp_path, names, proc, dtype):
