@@ -133,10 +133,10 @@ def command(args, ranks=1):
     return [launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), *args]
 
 
-def launch(args, ranks=1, threads="1"):
+def launch(args, ranks=1, threads="1", timeout=TIMEOUT):
     """Run a tools/ script (see `command`) to its end; returns the CompletedProcess with its output."""
     return subprocess.run(command(args, ranks), cwd=REPO, env=clean_env(threads), capture_output=True, text=True,
-                          timeout=TIMEOUT)
+                          timeout=timeout)
 
 
 def ok(proc):

@@ -111,11 +111,11 @@ def test_every_shipped_config_loads():
 def test_every_shipped_config_names_registered_models_and_passes_the_trainers_checks():
 
     from vidkd.engine.trainer import check_config
-    from vidkd.models import MODELS
+    from vidkd.models import REGISTRIES
 
     for path in shipped_configs():
         cfg = load_config(path)
-        unknown = [n for n in (cfg.MODEL.STUDENT, *cfg.MODEL.TEACHERS) if n not in MODELS]
+        unknown = [n for n in (cfg.MODEL.STUDENT, *cfg.MODEL.TEACHERS) if n not in REGISTRIES[cfg.TASK]]
         assert not unknown, f"{path}: {unknown}"
         # what can be checked before anything runs, but the checkpoint files (not shipped)
         cfg.defrost()

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import launch, ok, records
+from conftest import REPO, launch, ok, records
 from PIL import Image
 
 from vidkd.config import load_config
@@ -76,10 +76,11 @@ def test_idx_files_read_with_and_without_gzip_and_bad_ones_are_refused(tmp_path,
 
 
 def test_the_real_fashion_mnist_files_read_when_installed():
-    """Debian's dataset-fashion-mnist, where installed (the README says how): 60000 training images of 28 x 28."""
-    root = "/usr/share/datasets/fashion-mnist"
-    if not os.path.isdir(root):
-        pytest.skip("Debian's dataset-fashion-mnist is not installed here")
+    """Debian's dataset-fashion-mnist (`make test` fetches it; or installed): 60000 training images of 28 x 28."""
+    roots = [os.path.join(REPO, "data/debian/usr/share/datasets/fashion-mnist"), "/usr/share/datasets/fashion-mnist"]
+    root = next((r for r in roots if os.path.isdir(r)), None)
+    if root is None:  # `make test` fetches it from Debian's archive where apt-get can
+        pytest.skip("Debian's dataset-fashion-mnist is neither fetched by make test nor installed")
     images = read_idx(f"{root}/train-images-idx3-ubyte.gz")
     labels = read_idx(f"{root}/train-labels-idx1-ubyte.gz")
     assert images.shape == (60000, 28, 28) and np.bincount(labels).tolist() == [6000] * 10
@@ -197,3 +198,84 @@ def test_a_killed_image_run_with_crd_resumes_bit_identical_memory_banks_included
     assert f"resumed from epoch {epoch}, batch {batch}" in resumed.stderr
     assert_same_run(tmp_path / "killed", tmp_path / "whole")
     assert "loss/crd" in records(str(tmp_path / "whole"))[0]
+
+
+def test_a_method_owned_prompt_inside_a_frozen_teacher_learns_and_the_teacher_does_not(tmp_path):
+    """`run_teacher(k, x, learn=True)`: a prompt the method owns, added to a teacher stage's input by a hook,
+    gets a gradient and trains; the teacher's weights get none and do not move; the prompt is the distiller's
+    (its state dict, what DeepSpeed and checkpoints see), not the teacher's."""
+    from vidkd.distill.kd import KD
+
+    class Prompted(KD):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.prompt = torch.nn.Parameter(torch.zeros(1, 16, 1, 1))  # added to the input of stage 2
+            stage = self.teachers[0].get_submodule(self.teachers[0].stage_names[1])
+            stage.register_forward_pre_hook(lambda module, args: (args[0] + self.prompt,))
+
+        def forward(self, batch):
+            z_prompted = self.run_teacher(0, batch["input"], learn=True)[0]
+            return z_prompted, {"ce": self.ce(z_prompted, batch["targets"])}
+
+    cfg = load_config(None, ["TASK", "image", "DISTILL.METHOD", "kd", "DATA.TRAIN_CROP_SIZE", "32"])
+    torch.manual_seed(0)
+    teacher = build_image_model("resnet_mini", 4, 32)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    distiller = Prompted(build_image_model("resnet_mini", 4, 32), [teacher], {"label": 4}, cfg)
+    batch = {"input": torch.randn(4, 3, 32, 32), "targets": {"label": torch.tensor([0, 1, 2, 3])}}
+    optimizer = torch.optim.SGD([p for p in distiller.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        _, losses = distiller(batch)
+        optimizer.zero_grad()
+        losses["ce"].backward()
+        assert distiller.prompt.grad is not None and distiller.prompt.grad.abs().sum() > 0
+        optimizer.step()
+    assert distiller.prompt.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert "prompt" in distiller.state_dict() and not any(k.startswith("teachers") for k in distiller.state_dict())
+
+
+def test_teacher_targets_of_image_views_come_from_the_cache_as_computed_live(tmp_path):
+    from vidkd.data.video_dataset import collate
+    from vidkd.engine import teacher_cache
+    from vidkd.engine.trainer import build_models
+
+    image_folder(tmp_path / "train")
+    (tmp_path / "m").mkdir()
+    parse_image_folder(str(tmp_path / "train"), "folder", "train").save(str(tmp_path / "m" / "train.json"))
+    cfg = image_config(tmp_path, tmp_path / "m", "kd", "MODEL.TEACHERS", "[deit_mini, deit_mini]", "MODEL.STUDENT",
+                       "resnet_mini", "DATA.TRAIN_PAD", "2", "DISTILL.CACHE", "auto", "DISTILL.CACHE_VIEWS", "2",
+                       "DISTILL.CACHE_DIR", str(tmp_path / "cache"))
+    from vidkd.data.loader import build_dataset
+
+    torch.manual_seed(0)
+    data = build_dataset(cfg, True, cache_views=teacher_cache.views(cfg))
+    distiller = build_distiller(cfg, *build_models(cfg, {"label": 2}), {"label": 2})
+    cache = teacher_cache.prepare(cfg, distiller, data, torch.device("cpu"), 0, 1)
+    data.teacher_cache = cache
+    batch = collate([data.view_item(i, v) for i, v in [(0, 0), (3, 1), (11, 1)]])
+    assert batch["input"].shape == (3, 3, 32, 32)
+    with torch.no_grad():
+        live = distiller.teacher_targets(batch["input"])["logits"]
+    torch.testing.assert_close(batch["teacher"]["logits"].float(), live, rtol=2e-3, atol=2e-3)
+    spec = teacher_cache.cache_spec(cfg, data.manifest, torch.device("cpu"))["views"]
+    assert spec["task"] == "image" and spec["TRAIN_PAD"] == 2
+
+
+def test_the_frame_level_path_reads_one_random_frame_per_video_and_k_evenly_spaced_frames_in_testing(dataset):
+    """TASK image on a video manifest: a training item is one frame of its video, [3, H, W]; testing gives
+    TEST.NUM_CLIPS frames of each video, evenly spaced (the synthetic test videos' frame i has brightness 5 i)."""
+    cfg = load_config(None, ["TASK", "image", "DATA.MANIFEST_DIR", str(dataset / "manifests"), "DATA.TRAIN_CROP_SIZE",
+                             "32", "DATA.TEST_SHORT_SIDE", "32", "DATA.TEST_CROP_SIZE", "32", "DATA.NUM_WORKERS", "0",
+                             "TEST.NUM_CLIPS", "3", "TEST.NUM_CROPS", "1", "DATA.MEAN", "[0.0, 0.0, 0.0]",
+                             "DATA.STD", "[1.0, 1.0, 1.0]"])
+    from vidkd.data.loader import build_dataset
+
+    train, test = build_dataset(cfg, True), build_dataset(cfg, False)
+    item = train[(0, 0)]
+    assert item["input"].shape == (3, 32, 32)
+    assert len(test) == 3 * len(test.manifest.samples)
+    means = [float(test[v]["input"].mean()) * 255 for v in range(3)]
+    assert means[0] < means[1] < means[2]  # later frames are brighter: first, middle, last of the video
+

@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from conftest import launch, load_student, ok, records, write_config
+from conftest import TIMEOUT, launch, load_student, ok, records, write_config
 
 from vidkd.config import load_config
 from vidkd.distill.build import METHODS, build_distiller, teachers_needed
@@ -55,7 +55,9 @@ def plan(tmp_path, dataset, extra):
 def run_all(tmp_path, runs, ranks):
     path = tmp_path / "runs.json"
     path.write_text(json.dumps(runs))
-    return ok(launch(["tools/run_many.py", str(path)], ranks=ranks, threads=None if ranks > 1 else "1"))
+    # every method three times (straight, stopped, resumed) in one process: more than one run's time limit
+    return ok(launch(["tools/run_many.py", str(path)], ranks=ranks, threads=None if ranks > 1 else "1",
+                     timeout=3 * TIMEOUT))
 
 
 def check_runs(tmp_path, names, proc, dtype):
@@ -111,6 +113,7 @@ def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(m
     teachers = [build_model("videomae_vit_ti", 4, 4, 32, depth=2), build_model("c3d_small", 4, 4, 32)]
     student = build_model("c3d_tiny", 4, 4, 32)
     distiller = build_distiller(cfg, student, [teachers[i] for i in teachers_needed(cfg)], {"label": 4})
+    distiller.num_samples = 4
     cast_for_training(distiller, PRECISIONS[precision]).train()
     dtype = PRECISIONS[precision]
     assert {p.dtype for p in distiller.parameters()} == {dtype}
@@ -119,7 +122,8 @@ def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(m
     for t in distiller.teachers:
         t.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
     g = torch.Generator().manual_seed(1)
-    batch = {"input": torch.randn(4, 3, 4, 32, 32, generator=g), "targets": {"label": torch.tensor([0, 1, 2, 3])}}
+    batch = {"input": torch.randn(4, 3, 4, 32, 32, generator=g), "index": torch.arange(4),
+             "targets": {"label": torch.tensor([0, 1, 2, 3])}}
     logits, losses = distiller(batch)
     assert logits.dtype == dtype
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses

@@ -52,9 +52,14 @@ class Distiller(nn.Module):
         """`{head: [B, K_head]}` from the side-by-side logits."""
         return split_heads(logits, self.heads)
 
-    def run_teacher(self, k, video):
-        """Teacher k's `(logits, stage features, embedding)`, in fp32, carrying no gradient. `video`: the clip as
-        the loader gives it (fp32), whatever the student's precision."""
+    def run_teacher(self, k, video, learn=False):
+        """Teacher k's `(logits, stage features, embedding)`, in fp32. `video`: the input as the loader gives it
+        (fp32), whatever the student's precision. Without `learn` they carry no gradient. With `learn`, gradients
+        flow through the frozen teacher to the parts this method owns and inserts into it (prompts added by hooks
+        on its stages, say): the teacher's own weights (requires_grad off) get none."""
+        if learn:
+            logits, features, embedding = self.teacher_taps[k](video)
+            return logits.float(), [f.float() for f in features], embedding.float()
         with torch.inference_mode():
             logits, features, embedding = self.teacher_taps[k](video)
 

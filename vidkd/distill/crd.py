@@ -48,8 +48,9 @@ class CRD(Distiller):
     def forward(self, batch):
         e_t = self.targets(batch)["embedding"]
         z_s, _, e_s = self.student_taps(batch["input"])
-        v_s = F.normalize(self.embed_s(e_s.float()), dim=1)
-        v_t = F.normalize(self.embed_t(e_t), dim=1)
+        # the heads in the training precision (bf16 / fp16 under DeepSpeed), the vectors and the loss in fp32
+        v_s = F.normalize(self.embed_s(e_s).float(), dim=1)
+        v_t = F.normalize(self.embed_t(e_t.to(self.embed_t.weight.dtype)).float(), dim=1)
         if self.banks is None:
             self._make_banks(v_s.device)
         i, c = batch["index"].to(v_s.device), self.cfg

@@ -62,12 +62,15 @@ def _digest(path):
 def cache_spec(cfg, manifest, device):
     """Everything the cached outputs depend on (JSON-able), for teachers run on `device`."""
     m = cfg.MODEL
+    # What only some runs set enters only when set, so the caches of video runs keep the keys they had before.
+    views = {"task": cfg.TASK} if cfg.TASK != "video" else {}
+    views.update({"TRAIN_PAD": cfg.DATA.TRAIN_PAD} if cfg.DATA.TRAIN_PAD else {})
     return {
         # DEEPSPEED.PRECISION is not in it: the teachers and the fixed SDD projections run outside what it casts.
         "teacher_autocast": m.TEACHER_AUTOCAST and device.type in AUTOCAST_DEVICES,
         "manifest": [manifest.root] + [[r.path, r.start_frame, r.stop_frame, r.fps, r.frames] for r in manifest.samples],
         "teachers": [[m.TEACHERS[i], _digest(m.TEACHER_CHECKPOINTS[i])] for i in teachers_needed(cfg)],
-        "views": {"count": cfg.DISTILL.CACHE_VIEWS, "seed": cfg.SEED, **{k: cfg.DATA[k] for k in VIEW_KEYS}},
+        "views": {"count": cfg.DISTILL.CACHE_VIEWS, "seed": cfg.SEED, **{k: cfg.DATA[k] for k in VIEW_KEYS}, **views},
         "targets": {**{k: cfg.DISTILL[k] for k in TARGET_KEYS}, **{k: m[k] for k in MODEL_KEYS}},
     }
 
