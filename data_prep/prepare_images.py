@@ -24,29 +24,9 @@ import numpy as np
 from vidkd.cli import run
 from vidkd.data.datasets.csv_rows import write_manifests
 from vidkd.data.datasets.images import (
-    array_manifest, parse_idx_pair, parse_image_folder, read_cifar_batch, read_cifar_names,
+    FASHION_MNIST, array_manifest, idx_manifests, parse_image_folder, read_cifar_batch, read_cifar_names,
 )
 from vidkd.errors import AnnotationError
-
-FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                 "Ankle boot"]
-
-
-def idx_file(root, stem):
-    for name in (stem, stem + ".gz"):
-        if os.path.isfile(os.path.join(root, name)):
-            return os.path.join(root, name)
-    raise AnnotationError(os.path.join(root, stem), 0, "missing (looked for it with and without .gz)")
-
-
-def from_idx(root, out, names):
-    manifests = []
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images, labels = parse_idx_pair(idx_file(root, f"{prefix}-images-idx3-ubyte"),
-                                        idx_file(root, f"{prefix}-labels-idx1-ubyte"), names)
-        manifests.append(array_manifest(out, "idx", split, images, labels, names))
-    return manifests
-
 
 def from_cifar(root, out):
     if os.path.isfile(os.path.join(root, "meta")):  # CIFAR-100
@@ -84,7 +64,7 @@ def main(argv=None):
     elif args.layout == "cifar":
         manifests = from_cifar(args.root, args.out)
     else:
-        manifests = from_idx(args.root, args.out, args.names or FASHION_MNIST)
+        manifests = idx_manifests(args.root, args.out, args.names or FASHION_MNIST)
     write_manifests(args.out, manifests)
 
 

@@ -279,3 +279,27 @@ def test_the_frame_level_path_reads_one_random_frame_per_video_and_k_evenly_spac
     means = [float(test[v]["input"].mean()) * 255 for v in range(3)]
     assert means[0] < means[1] < means[2]  # later frames are brighter: first, middle, last of the video
 
+
+
+def test_ofa_exits_follow_each_stages_layout_token_stages_merging_to_a_small_grid():
+    """A ViT student's token stages get transformer exits whose patch merging stops at a grid side of 7 or less
+    (DeiT at 224: 14 -> 7; a 15 x 15 grid pads to 16 -> 8 -> 4); a CNN student's maps get conv exits."""
+    from vidkd.distill.ofa import TokenExit
+
+    def exits(student, crop):
+        cfg = load_config(None, ["TASK", "image", "DISTILL.METHOD", "ofa", "DATA.TRAIN_CROP_SIZE", str(crop),
+                                 "MODEL.TEACHERS", "[resnet_mini]"])
+        return build_distiller(cfg, build_image_model(student, 4, crop), [build_image_model("resnet_mini", 4, crop)],
+                               {"label": 4}).exits
+
+    vit = exits("deit_mini", 56)  # patch 4: a 14 x 14 grid of width 64
+    assert all(isinstance(e, TokenExit) for e in vit)
+    assert [len(e.merge) for e in vit] == [1] * 4 and [len(e.blocks) for e in vit] == [3, 3, 2, 1]
+    assert vit[0].fc.in_features == 128
+    odd = TokenExit(8, (15, 15), 1, 4)
+    assert len(odd.merge) == 2 and odd(torch.randn(2, 8, 15, 15)).shape == (2, 4)
+    small = TokenExit(8, (2, 7, 7), 1, 4)  # a video ViT's grid (T', H', W'), already small
+    assert len(small.merge) == 0 and small(torch.randn(2, 8, 2, 7, 7)).shape == (2, 4)
+    cnn = exits("resnet_mini", 32)
+    assert not any(isinstance(e, TokenExit) for e in cnn)
+    assert [sum(isinstance(m, torch.nn.Conv2d) for m in e.modules()) for e in cnn] == [6, 4, 2, 0]

@@ -1,9 +1,11 @@
-"""The main job on the built-in synthetic dataset (what `make demo` runs).
+"""The main job on the built-in synthetic dataset (what `make demo` runs), or the image demo on Fashion-MNIST
+(`make demo-image`: --task image).
 
-    python tools/demo.py [--data data/synthetic] [--config configs/demo/synthetic.yaml]
-                         [--vit-config configs/demo/teacher_vit.yaml] [--cnn-config configs/demo/teacher_cnn.yaml]
-                         [--ablation configs/ablations/demo.yaml --seeds 3] [KEY VALUE ...]
+    python tools/demo.py [--task video | image] [--data DIR] [--config FILE] [--vit-config FILE]
+                         [--cnn-config FILE] [--ablation FILE --seeds 3] [KEY VALUE ...]
 
+Video (the defaults: --data data/synthetic, --config configs/demo/synthetic.yaml, teachers
+configs/demo/teacher_{vit,cnn}.yaml):
 1. writes the synthetic dataset (HMDB51 layout, real H.264 files) unless it is there, reads it into
    manifests (split 1), checks every video, and holds out HELD_OUT training videos per class that the teachers
    do not train on (manifests `teachers` and `calibration`: the dual teacher's DATA.CALIBRATION_SPLIT);
@@ -17,6 +19,13 @@
 4. prints one table of test top-1 / top-5 for every model (with --ablation: the mean and spread over seeds and
    the mean DATW weight of the ViT, also written to OUTPUT_DIR/ablation/ablation.md and .json); each run's
    curves.png is beside its results, and OUTPUT_DIR/summary.png (ablation.png) compares them.
+
+Image (--task image; the defaults: --data, Fashion-MNIST's idx files where Debian's dataset-fashion-mnist puts
+them under data/debian (`make demo-image` fetches it), --config configs/demo/fashion_mnist.yaml, teachers
+configs/demo/fashion_mnist_teacher_{vit,cnn}.yaml, --ablation configs/ablations/demo_image.yaml): writes the
+manifests and arrays (DATA.MANIFEST_DIR) from the idx files unless they are there, trains both teachers on every
+training image, then every variant (the student alone and each baseline from each teacher) over --seeds seeds,
+as the video ablation above does.
 """
 import argparse
 import json
@@ -35,6 +44,7 @@ from vidkd.config import load_config
 from vidkd.data.check import check_manifest
 from vidkd.data.datasets.csv_rows import write_manifests
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
+from vidkd.data.datasets.images import FASHION_MNIST, idx_manifests
 from vidkd.data.manifest import write_hold_out
 from vidkd.data.synthetic import dataset_info, make_dataset
 from vidkd.engine.plots import plot_history
@@ -42,6 +52,13 @@ from vidkd.engine.trainer import Trainer
 from vidkd.errors import ConfigError, DataError
 
 HELD_OUT = 8  # training videos per class the teachers do not train on (of 32)
+FMNIST = "data/debian/usr/share/datasets/fashion-mnist"
+DEFAULTS = {  # per --task: data, config, ViT teacher's config, CNN teacher's config, ablation file
+    "video": ("data/synthetic", "configs/demo/synthetic.yaml", "configs/demo/teacher_vit.yaml",
+              "configs/demo/teacher_cnn.yaml", None),
+    "image": (FMNIST, "configs/demo/fashion_mnist.yaml", "configs/demo/fashion_mnist_teacher_vit.yaml",
+              "configs/demo/fashion_mnist_teacher_cnn.yaml", "configs/ablations/demo_image.yaml"),
+}
 
 
 def prepare(data_dir, manifest_dir, workers):
@@ -63,6 +80,17 @@ def prepare(data_dir, manifest_dir, workers):
     write_hold_out(os.path.join(manifest_dir, "train.json"), HELD_OUT, 0, "teachers", "calibration")
 
 
+def prepare_images(idx_dir, manifest_dir):
+    """Fashion-MNIST's manifests and arrays in `manifest_dir`, from its idx files in `idx_dir`, unless there."""
+    if all(os.path.isfile(os.path.join(manifest_dir, f"{split}.json")) for split in ("train", "test")):
+        return
+    if not os.path.isdir(idx_dir):
+        raise DataError(f"{idx_dir}: Fashion-MNIST's idx files are not there; `make demo-image` fetches them, or: "
+                        "apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb "
+                        "data/debian")
+    write_manifests(manifest_dir, idx_manifests(idx_dir, manifest_dir, FASHION_MNIST))
+
+
 def runs(cfg, args):
     """(run name, what it is, config file, overrides) in training order; the students use the teachers' exports."""
     vit, cnn = cfg.MODEL.TEACHERS
@@ -70,7 +98,7 @@ def runs(cfg, args):
     student = teacher_checkpoints(cfg)
     return [
         ("teacher_vit", f"ViT teacher {vit}", args.vit_config, teacher + ["MODEL.STUDENT", vit]),
-        ("teacher_cnn", f"3D-CNN teacher {cnn}", args.cnn_config, teacher + ["MODEL.STUDENT", cnn]),
+        ("teacher_cnn", f"{'3D-' if cfg.TASK == 'video' else ''}CNN teacher {cnn}", args.cnn_config, teacher + ["MODEL.STUDENT", cnn]),
     ] + ([] if args.ablation else [
         ("student_alone", "student alone (CE)", args.config, ["DISTILL.METHOD", "ce"]),
         ("student_kd_vit", "student, KD from the ViT", args.config,
@@ -155,13 +183,15 @@ def ablation(cfg, args, variants):
 def ablation_table(grid):
     """Markdown: per variant the mean and spread (sample standard deviation) of test top-1 over seeds, each
     seed's top-1, and the mean DATW weight of the ViT in the last epoch."""
-    lines = ["| variant | top-1, mean ± sd | per seed | w_ViT |", "|---|---|---|---|"]
+    weights = any(r.get("w_vit") is not None for runs in grid.values() for r in runs)
+    lines = ["| variant | top-1, mean ± sd | per seed |" + (" w_ViT |" if weights else ""),
+             "|---|---|---|" + ("---|" if weights else "")]
     for name, runs in grid.items():
         top1 = [r["metrics"]["top1"] for r in runs]
         sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
         w = [r["w_vit"] for r in runs if r.get("w_vit") is not None]
-        lines.append(f"| {name} | {statistics.mean(top1):.1f} ± {sd:.1f} | {' / '.join(f'{t:.1f}' for t in top1)} "
-                     f"| {f'{statistics.mean(w):.2f}' if w else '-'} |")
+        lines.append(f"| {name} | {statistics.mean(top1):.1f} ± {sd:.1f} | {' / '.join(f'{t:.1f}' for t in top1)} |"
+                     + (f" {f'{statistics.mean(w):.2f}' if w else '-'} |" if weights else ""))
     return "\n".join(lines)
 
 
@@ -181,20 +211,30 @@ def plot_ablation(grid, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/synthetic", help="where the synthetic dataset is (or is written)")
-    p.add_argument("--config", default="configs/demo/synthetic.yaml")
-    p.add_argument("--vit-config", default="configs/demo/teacher_vit.yaml", help="the ViT teacher's training")
-    p.add_argument("--cnn-config", default="configs/demo/teacher_cnn.yaml", help="the 3D-CNN teacher's training")
+    p.add_argument("--task", choices=sorted(DEFAULTS), default="video", help="the demo: video (synthetic clips) "
+                   "or image (Fashion-MNIST); it sets the defaults of the options below")
+    p.add_argument("--data", help="video: where the synthetic dataset is (or is written); image: the idx files")
+    p.add_argument("--config", help="the students' config")
+    p.add_argument("--vit-config", help="the ViT teacher's training")
+    p.add_argument("--cnn-config", help="the CNN teacher's training")
     p.add_argument("--ablation", help="a file of student variants (configs/ablations/demo.yaml) to run over seeds")
     p.add_argument("--seeds", type=int, default=3, help="seeds of each ablation variant (SEED 0 .. N-1)")
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    for key, default in zip(("data", "config", "vit_config", "cnn_config", "ablation"), DEFAULTS[args.task]):
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     start = time.time()
     cfg = load_config(args.config, args.overrides)
+    if cfg.TASK != args.task:
+        p.error(f"{args.config} is a TASK {cfg.TASK} config, and this is the {args.task} demo (--task)")
     variants = read_variants(args.ablation) if args.ablation else None
-    prepare(args.data, cfg.DATA.MANIFEST_DIR, cfg.DATA.NUM_WORKERS)
+    if args.task == "video":
+        prepare(args.data, cfg.DATA.MANIFEST_DIR, cfg.DATA.NUM_WORKERS)
+    else:
+        prepare_images(args.data, cfg.DATA.MANIFEST_DIR)
     rows = []
     for name, what, config, overrides in runs(cfg, args):
         print(f"\n=== {what} ===")

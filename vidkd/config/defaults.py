@@ -196,6 +196,8 @@ _C.DISTILL.OFA_EPS = 1.5
 _C.DISTILL.CRD_DIM = 128
 _C.DISTILL.CRD_NEGATIVES = 4096
 _C.DISTILL.CRD_TEMPERATURE = 0.07
+# CRD: momentum of the memory banks, M[i] <- normalise(m M[i] + (1 - m) v)
+_C.DISTILL.CRD_MOMENTUM = 0.5
 # DATW teacher weights: adaptive | fixed (0.5 / 0.5) | vit_only | cnn_only.
 _C.DISTILL.DATW_MODE = "adaptive"
 # DATW confidence c_k: true_class (softmax(z_k)[y] on the training clip) | max_prob | neg_entropy |
@@ -324,6 +326,7 @@ RULES = {
     "DISTILL.CRD_DIM": Range(1, 65536),
     "DISTILL.CRD_NEGATIVES": Range(1, 10**6),
     "DISTILL.CRD_TEMPERATURE": Range(0, above=True),
+    "DISTILL.CRD_MOMENTUM": Range(0, 1),
     "DISTILL.DATW_MODE": OneOf("adaptive", "fixed", "vit_only", "cnn_only"),
     "DISTILL.DATW_CONFIDENCE": OneOf("true_class", "max_prob", "neg_entropy", "heldout_class"),
     "DISTILL.DATW_CALIBRATE": ANY,

@@ -14,6 +14,7 @@ inside the frames that decode and both backends give the same clip shape. A file
 all raises DecodeError.
 """
 import bisect
+import functools
 import os
 
 import numpy as np
@@ -198,12 +199,23 @@ class ArrayReader:
         return torch.from_numpy(frames if frames.ndim == 4 else np.repeat(frames[..., None], 3, axis=3))
 
 
+@functools.lru_cache(maxsize=8)
+def _open_array(path, version):
+    """One ArrayReader per array file and version (`(mtime, size)`: a rewritten file is opened afresh) in each
+    process: every sample of an array dataset reads the same file."""
+    return ArrayReader(path)
+
+
 def still_reader(path):
     """The reader of an image file or an array of images, or None for a video."""
     if path.lower().endswith(IMAGE_EXTENSIONS):
         return ImageFileReader(path)
     if path.endswith(".npy"):
-        return ArrayReader(path)
+        try:
+            stat = os.stat(path)
+        except OSError as e:
+            raise DecodeError(path, f"cannot open: {e.strerror}") from None
+        return _open_array(path, (stat.st_mtime_ns, stat.st_size))
     return None
 
 

@@ -6,7 +6,8 @@ vector per training sample, `M_s` and `M_t`. For sample i, the positive is the o
 and `DISTILL.CRD_NEGATIVES` entries of other samples, drawn uniformly, are the negatives; the loss is the softmax
 (InfoNCE) form of CRD's contrastive objective, at temperature `tau = DISTILL.CRD_TEMPERATURE`:
     L_CRD = -log softmax([v_s . M_t[i], v_s . M_t[n_1..K]] / tau)_0 - log softmax([v_t . M_s[i], v_t . M_s[n_1..K]] / tau)_0
-Then the banks move towards this step's vectors, `M[i] <- normalise(m M[i] + (1 - m) v)`, m = 0.5.
+Then the banks move towards this step's vectors, `M[i] <- normalise(m M[i] + (1 - m) v)`, m = DISTILL.CRD_MOMENTUM
+(0.5, as CRD's code).
 L = CE + beta * L_CRD, beta = DISTILL.FEATURE_WEIGHT. The banks are the method's state: one per rank (a rank
 updates the rows of its own samples), saved in each rank's checkpoint file and restored on resume.
 """
@@ -17,8 +18,6 @@ import torch.nn.functional as F
 from vidkd.distill.base import Distiller
 from vidkd.models.taps import probe
 from vidkd.tasks import input_size
-
-MOMENTUM = 0.5
 
 
 class CRD(Distiller):
@@ -66,5 +65,6 @@ class CRD(Distiller):
         with torch.no_grad():
             for name, v in (("student", v_s), ("teacher", v_t)):
                 bank = self.banks[name]
-                bank[i] = F.normalize(MOMENTUM * bank[i] + (1 - MOMENTUM) * v.detach().float(), dim=1)
+                m = c.CRD_MOMENTUM
+                bank[i] = F.normalize(m * bank[i] + (1 - m) * v.detach().float(), dim=1)  # M[i] <- norm(m M[i] + (1-m) v)
         return z_s, {"ce": c.CE_WEIGHT * self.ce(z_s, batch["targets"]), "crd": c.FEATURE_WEIGHT * loss}

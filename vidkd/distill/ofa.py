@@ -1,13 +1,18 @@
 """OFA (Hao et al., NeurIPS 2023): the OFA loss on the student's logits and on an exit branch at every stage.
 
-`L_OFA = mean_b sum_c -[(p_t + onehot)^eps - onehot]_c * log p_s,c` (METHODS.md 1). Exit of stage i (1..4):
-(4 - i) depthwise-separable conv blocks of spatial stride 2 (3D on a clip's maps, 2D on an image's) -> global
-average pool -> Linear, so every exit classifies from a map as coarse as the last stage's. A token student's
-stages arrive folded to their grid and take the same exits (METHODS.md's patch-merging transformer exits for
-token stages are not built yet). Exits exist only in training.
-L = CE + alpha * (L_OFA(student) + sum_i L_OFA(exit_i)).
+`L_OFA = mean_b sum_c -[(p_t + onehot)^eps - onehot]_c * log p_s,c` (METHODS.md 1). The exit of stage i (1..n,
+n stages), by the stage's declared layout:
+- a map (CNN, Swin): (n - i) depthwise-separable conv blocks of spatial stride 2 (3D on a clip's maps, 2D on an
+  image's) -> global average pool -> Linear, so every exit classifies from a map as coarse as the last stage's;
+- tokens (ViT, DeiT, ResMLP; on their folded grid): patch merging (Swin's: each 2 x 2 spatial neighbourhood to one
+  token of twice the width, the grid zero-padded to even sides) while a spatial side is above SMALL_GRID ->
+  min(n - i + 1, 3) transformer blocks -> layer norm -> mean over tokens -> Linear. SMALL_GRID = 7, the grid of a
+  Swin's last stage at 224 pixels (vidkd's choice for METHODS.md's "a small grid").
+Exits exist only in training. L = CE + alpha * (L_OFA(student) + sum_i L_OFA(exit_i)).
 """
 import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
 
 from vidkd.distill.base import Distiller
 from vidkd.distill.losses import ofa_loss
@@ -35,13 +40,59 @@ def exit_branch(channels, blocks, num_classes, dims):
     return nn.Sequential(*layers, LAYERS[dims][2](1), nn.Flatten(), nn.Linear(width, num_classes))
 
 
+SMALL_GRID = 7
+
+
+class PatchMerging(nn.Module):
+    """Swin's patch merging on a channels-first grid `[B, C, (T,) H, W]`: each 2 x 2 spatial neighbourhood's 4C
+    values -> LayerNorm -> Linear to 2C (here: one convolution of kernel and stride (1,) 2, 2 on the grid padded
+    to even sides, then LayerNorm over channels)."""
+
+    def __init__(self, channels, dims):
+        super().__init__()
+        conv, _, _, stride = LAYERS[dims]
+        self.reduce = conv(channels, 2 * channels, stride, stride=stride)
+        self.norm = nn.LayerNorm(2 * channels)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        x = self.reduce(F.pad(x, (0, w % 2, 0, h % 2)))
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def heads_for(width):
+    """Attention heads of width about 32 that divide `width`."""
+    heads = max(1, width // 32)
+    while width % heads:
+        heads -= 1
+    return heads
+
+
+class TokenExit(nn.Module):
+    def __init__(self, channels, grid, blocks, num_classes):
+        super().__init__()
+        merges, side = [], max(grid[-2:])
+        while side > SMALL_GRID:
+            merges.append(PatchMerging(channels, len(grid)))
+            channels, side = 2 * channels, (side + 1) // 2
+        self.merge = nn.Sequential(*merges)
+        self.blocks = nn.Sequential(*(Block(channels, heads_for(channels)) for _ in range(blocks)))
+        self.norm, self.fc = nn.LayerNorm(channels), nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        tokens = self.merge(x).flatten(2).transpose(1, 2)  # [B, N, C]
+        return self.fc(self.norm(self.blocks(tokens)).mean(1))
+
+
 class OFA(Distiller):
     def __init__(self, student, teachers, heads, cfg):
         super().__init__(student, teachers, heads, cfg)
-        stages = probe(student, input_size(cfg))["stages"]
+        stages, k = probe(student, input_size(cfg))["stages"], sum(self.heads.values())
         n = len(stages)
-        self.exits = nn.ModuleList(exit_branch(s["channels"], n - 1 - i, sum(self.heads.values()), len(s["grid"]))
-                                   for i, s in enumerate(stages))
+        self.exits = nn.ModuleList(
+            TokenExit(s["channels"], s["grid"], min(n - i, 3), k) if layout == "tokens"
+            else exit_branch(s["channels"], n - 1 - i, k, len(s["grid"]))
+            for i, (s, layout) in enumerate(zip(stages, student.layouts())))
 
     def teacher_targets(self, video):
         return {"logits": self.run_teacher(0, video)[0]}

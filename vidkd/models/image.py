@@ -59,6 +59,7 @@ def isotropic(timm_name, create=None, **kw):
 
 
 MINI_RESNET = {"layers": (1, 1, 1, 1), "channels": (16, 32, 64, 128), "stem_width": 16}
+MICRO_RESNET = {"layers": (1, 1, 1, 1), "channels": (8, 16, 32, 64), "stem_width": 8}
 MINI_VIT = {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 2}
 FAMILIES = {
     "resnet18": hierarchical("resnet18"),
@@ -73,6 +74,7 @@ FAMILIES = {
     "resmlp_s12": isotropic("resmlp_12_224"),
     # 2-CPU-core sizes for 32-pixel images
     "resnet_mini": hierarchical("resnet18", **MINI_RESNET),
+    "resnet_micro": hierarchical("resnet18", **MICRO_RESNET),  # the image demo's student
     "mobilenetv2_mini": hierarchical("mobilenetv2_050"),
     "deit_mini": isotropic("deit_tiny_patch16_224", **MINI_VIT),
     "swin_mini": hierarchical("swin_tiny_patch4_window7_224", "NHWC", patch_size=2, embed_dim=16, depths=(1, 1, 1, 1),

@@ -65,6 +65,27 @@ def parse_idx_pair(images_path, labels_path, names):
     return images, labels
 
 
+FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"]
+
+
+def idx_file(root, stem):
+    for name in (stem, stem + ".gz"):
+        if os.path.isfile(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise AnnotationError(os.path.join(root, stem), 0, "missing (looked for it with and without .gz)")
+
+
+def idx_manifests(root, out, names):
+    """The train and test manifests (and arrays, in `out`) of MNIST-format idx files in `root`."""
+    manifests = []
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = parse_idx_pair(idx_file(root, f"{prefix}-images-idx3-ubyte"),
+                                        idx_file(root, f"{prefix}-labels-idx1-ubyte"), names)
+        manifests.append(array_manifest(out, "idx", split, images, labels, names))
+    return manifests
+
+
 def _field(batch, key, path):
     """`batch[key]`, whether the pickle was written by Python 3 (str keys) or Python 2 (bytes keys)."""
     for k in (key, key.encode()):
