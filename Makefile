@@ -6,7 +6,7 @@ DATA    := data/synthetic
 # note, where apt-get cannot fetch it
 FMNIST  := data/debian/usr/share/datasets/fashion-mnist
 
-.PHONY: demo test clean
+.PHONY: demo demo-image test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -17,10 +17,14 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) tools/demo.py --data $(DATA)
 
+# the image demo on Fashion-MNIST (real images): two teachers, the student alone and five baselines, 3 seeds
+demo-image: $(STAMP) $(FMNIST)
+	OMP_NUM_THREADS=2 $(PY) tools/demo.py --task image --data $(FMNIST)
+
 $(FMNIST):
 	mkdir -p data/debian
 	cd data/debian && (apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb . \
-		|| echo "note: apt-get could not fetch dataset-fashion-mnist; its test will skip")
+		|| echo "note: apt-get could not fetch dataset-fashion-mnist; its test will skip, demo-image stops")
 
 test: $(STAMP) $(FMNIST)
 	$(PY) -m pytest -q tests

@@ -180,7 +180,8 @@ def dataset(tmp_path_factory):
 
 
 def write_config(path, data_root, out, method, **extra):
-    """A yaml of tiny clips (4 frames x 32 px) and a tiny student; `extra` {"GROUP": {KEY: value}} merged in."""
+    """A yaml of tiny clips (4 frames x 32 px) and a tiny student; `extra` {"GROUP": {KEY: value}} merged in (or
+    {"KEY": value} for a top-level key)."""
     cfg = {
         "OUTPUT_DIR": str(out),
         "DATA": {"MANIFEST_DIR": str(data_root / "manifests"), "NUM_FRAMES": 4, "SAMPLING_RATE": 2,
@@ -193,6 +194,9 @@ def write_config(path, data_root, out, method, **extra):
         "DEEPSPEED": {"PRECISION": "fp32"},  # bf16 (the default, for GPUs) in the tests that say so: slower on a CPU
     }
     for group, values in extra.items():
-        cfg.setdefault(group, {}).update(values)
+        if isinstance(values, dict):
+            cfg.setdefault(group, {}).update(values)
+        else:  # a top-level key (TASK)
+            cfg[group] = values
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

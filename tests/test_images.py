@@ -19,19 +19,22 @@ from vidkd.errors import AnnotationError, UnsafePickleError
 from vidkd.models import build_image_model
 
 CROP = 32
-PAIRS = {"CNN -> ViT": ("resnet_mini", "deit_mini"), "ViT -> CNN": ("deit_mini", "resnet_mini"),
-         "CNN -> MLP": ("convnext_mini", "resmlp_mini"), "Swin -> CNN": ("swin_mini", "resnet_mini")}
+PAIRS = {"CNN -> ViT": (("resnet_mini",), "deit_mini"), "ViT -> CNN": (("deit_mini",), "resnet_mini"),
+         "CNN -> MLP": (("convnext_mini",), "resmlp_mini"), "Swin -> CNN": (("swin_mini",), "resnet_mini")}
+DUAL = {"ViT + CNN -> CNN": (("deit_mini", "resnet_mini"), "resnet_mini")}
+CASES = [(m, p) for m in ("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd") for p in sorted(PAIRS)]
 
 
-@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd"])
-@pytest.mark.parametrize("pair", sorted(PAIRS))
+@pytest.mark.parametrize("method, pair", CASES + [("dual_teacher", p) for p in DUAL])
 def test_methods_train_on_image_pairings_with_losses_going_down(method, pair):
-    teacher_name, student_name = PAIRS[pair]
-    rkd = ["DISTILL.RKD_WEIGHT", "1.0"] if method == "rkd" else []
+    """Each single-teacher method on each family pairing; the dual teacher (SDD's maps as one-frame clips, RKD on)
+    on a ViT and a CNN teaching a CNN."""
+    teacher_names, student_name = (PAIRS | DUAL)[pair]
+    rkd = ["DISTILL.RKD_WEIGHT", "1.0"] if method in ("rkd", "dual_teacher") else []
     cfg = load_config(None, ["TASK", "image", "DISTILL.METHOD", method, "DATA.TRAIN_CROP_SIZE", str(CROP),
-                             "MODEL.TEACHERS", f"[{teacher_name}]", "DISTILL.TEACHER_INDEX", "0", *rkd])
+                             "MODEL.TEACHERS", f"[{', '.join(teacher_names)}]", "DISTILL.TEACHER_INDEX", "0", *rkd])
     torch.manual_seed(0)
-    teachers = [build_image_model(teacher_name, 4, CROP)]
+    teachers = [build_image_model(name, 4, CROP) for name in teacher_names]
     distiller = build_distiller(cfg, build_image_model(student_name, 4, CROP),
                                 [teachers[i] for i in teachers_needed(cfg)], {"label": 4}).train()
     distiller.num_samples = 6

@@ -18,7 +18,7 @@ from vidkd.config import load_config
 from vidkd.distill.build import METHODS, build_distiller, teachers_needed
 from vidkd.engine.ema import EMA
 from vidkd.engine.trainer import PRECISIONS, cast_for_training
-from vidkd.models import build_model
+from vidkd.models import build_image_model, build_model
 from vidkd.models.checkpoint import read_state_dict
 
 # The student is a plain 3D CNN: X3D's average pool has no bf16 kernel on the CPU (it has on GPUs).
@@ -32,24 +32,24 @@ def without_seconds(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
-def plan(tmp_path, dataset, extra):
-    """tools/cache_teachers.py on the cached config, then runs of every method and of the dual teacher from the
-    cache: each straight through its 2 epochs (`<name>_a`) and stopped after epoch 1, then resumed (`<name>_b`).
-    Returns (runs, names)."""
-    runs, names = [["cache_teachers", "--config", str(tmp_path / "cached.yaml")]], sorted(METHODS) + ["cached"]
+def plan(tmp_path, dataset, extra, names):
+    """Runs of each method of `names` (`cached`: the dual teacher from the cache, which tools/cache_teachers.py
+    fills first): each straight through its 2 epochs (`<name>_a`) and stopped after epoch 1, then resumed
+    (`<name>_b`). Returns the runs."""
+    runs = [["cache_teachers", "--config", str(tmp_path / "cached.yaml")]] if "cached" in names else []
     for name in names:
         groups = {k: dict(v) for k, v in RUN.items()}
         if name == "cached":
             groups["DISTILL"].update(CACHED["DISTILL"] | {"CACHE_DIR": str(tmp_path / "cache")})
             groups["DATA"] = CACHED["DATA"]
         for group, values in extra.items():
-            groups.setdefault(group, {}).update(values)
+            groups[group] = groups.get(group, {}) | values if isinstance(values, dict) else values
         method = "dual_teacher" if name == "cached" else name
         config = write_config(tmp_path / f"{name}.yaml", dataset, tmp_path / f"{name}_a", method, **groups)
         b = ["OUTPUT_DIR", str(tmp_path / f"{name}_b")]
         runs += [["train_net", "--config", config], ["train_net", "--config", config, *b, "TRAIN.EPOCHS", "1"],
                  ["train_net", "--config", config, "--resume", "auto", *b]]
-    return runs, names
+    return runs
 
 
 def run_all(tmp_path, runs, ranks):
@@ -60,7 +60,7 @@ def run_all(tmp_path, runs, ranks):
                      timeout=3 * TIMEOUT))
 
 
-def check_runs(tmp_path, names, proc, dtype):
+def check_runs(tmp_path, names, dtype):
     for name in names:
         a, b = tmp_path / f"{name}_a", tmp_path / f"{name}_b"
         history = records(a)
@@ -80,6 +80,9 @@ def check_runs(tmp_path, names, proc, dtype):
         assert without_seconds(records(b)) == without_seconds(history), name
         assert math.isclose(history[-1]["student_checksum"], sum(float(v.double().sum()) for v in want.values()),
                             rel_tol=1e-12)
+
+
+def check_cache(tmp_path, proc):
     # tools/cache_teachers.py filled the cache (rank 0 reports it) that the three cached runs then read, in the
     # loader's workers: one key, since the tool builds the teachers and projections exactly as training does
     (folder,) = (tmp_path / "cache").iterdir()
@@ -91,11 +94,24 @@ def check_runs(tmp_path, names, proc, dtype):
 def test_every_method_trains_checkpoints_and_resumes_exactly(dataset, tmp_path, precision, ranks):
     """2 ranks: ZeRO-2, 2 batches a rank an epoch."""
     extra = {"DEEPSPEED": {"PRECISION": precision, "ZERO_STAGE": 2 if ranks > 1 else 0}}
-    runs, names = plan(tmp_path, dataset, extra)
-    proc = run_all(tmp_path, runs, ranks)
-    check_runs(tmp_path, names, proc, PRECISIONS[precision])
+    names = sorted(METHODS) + ["cached"]
+    proc = run_all(tmp_path, plan(tmp_path, dataset, extra, names), ranks)
+    check_runs(tmp_path, names, PRECISIONS[precision])
+    check_cache(tmp_path, proc)
     shards = {f.split(".")[-2] for f in os.listdir(next((tmp_path / "cache").iterdir())) if ".shard" in f}
     assert shards == {f"shard{r}" for r in range(ranks)}  # each rank filled its own shard
+
+
+def test_image_methods_train_in_bf16_on_2_ranks_checkpoint_and_resume_exactly(dataset, tmp_path):
+    """TASK image, the frame-level path (one frame of each synthetic video), in bf16 on 2 ranks with ZeRO-2: CRD
+    (its memory banks, one per rank, are method state), OFA and the dual teacher (SDD on one-frame maps), each
+    straight, stopped and resumed, as above."""
+    extra = {"TASK": "image", "MODEL": {"STUDENT": "resnet_mini", "TEACHERS": ["deit_mini", "resnet_mini"]},
+             "DEEPSPEED": {"PRECISION": "bf16", "ZERO_STAGE": 2}}
+    names = ["crd", "dual_teacher", "ofa"]
+    run_all(tmp_path, plan(tmp_path, dataset, extra, names), 2)
+    check_runs(tmp_path, names, torch.bfloat16)
+    assert {"loss/crd", "loss/ofa_exits", "loss/sdd_aux"} <= {k for n in names for k in records(tmp_path / f"{n}_a")[-1]}
 
 
 # ----------------------------------------------------------------------------------------------- units
@@ -104,14 +120,25 @@ def config(method, *overrides):
                               "MODEL.STUDENT", "c3d_tiny", "DISTILL.RKD_WEIGHT", "1.0", *overrides])
 
 
+def models_of(task):
+    """(teachers, student, one input's shape): video, a tiny ViT and 3D CNN teaching a 3D CNN; image, a DeiT and a
+    ResNet teaching a DeiT (OFA's token exits)."""
+    if task == "video":
+        return ([build_model("videomae_vit_ti", 4, 4, 32, depth=2), build_model("c3d_small", 4, 4, 32)],
+                build_model("c3d_tiny", 4, 4, 32), (3, 4, 32, 32))
+    return [build_image_model("deit_mini", 4, 32), build_image_model("resnet_mini", 4, 32)], build_image_model(
+        "deit_mini", 4, 32), (3, 32, 32)
+
+
+@pytest.mark.parametrize("task", ["video", "image"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(method, precision):
-    """What DeepSpeed trains, cast as it casts it; the teachers outside, in fp32, fed the fp32 clip."""
-    cfg = config(method)
+def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(method, precision, task):
+    """What DeepSpeed trains, cast as it casts it; the teachers outside, in fp32, fed the fp32 input."""
+    cfg = config(method, "TASK", task, "MODEL.TEACHERS", "[deit_mini, resnet_mini]") if task == "image" else config(
+        method)
     torch.manual_seed(0)
-    teachers = [build_model("videomae_vit_ti", 4, 4, 32, depth=2), build_model("c3d_small", 4, 4, 32)]
-    student = build_model("c3d_tiny", 4, 4, 32)
+    teachers, student, shape = models_of(task)
     distiller = build_distiller(cfg, student, [teachers[i] for i in teachers_needed(cfg)], {"label": 4})
     distiller.num_samples = 4
     cast_for_training(distiller, PRECISIONS[precision]).train()
@@ -122,7 +149,7 @@ def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(m
     for t in distiller.teachers:
         t.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
     g = torch.Generator().manual_seed(1)
-    batch = {"input": torch.randn(4, 3, 4, 32, 32, generator=g), "index": torch.arange(4),
+    batch = {"input": torch.randn(4, *shape, generator=g), "index": torch.arange(4),
              "targets": {"label": torch.tensor([0, 1, 2, 3])}}
     logits, losses = distiller(batch)
     assert logits.dtype == dtype

@@ -105,21 +105,29 @@ def test_an_output_dir_that_is_a_file_or_inside_one_is_refused(tmp_path):
     assert load_config(None, ["OUTPUT_DIR", str(tmp_path / "new" / "run")]).OUTPUT_DIR == str(tmp_path / "new" / "run")
 
 
-def test_every_run_of_the_demo_and_of_its_ablation_validates(tmp_path):
-    """tools/demo.py's six trainings, each its config file with its overrides, and every variant of
-    configs/ablations/demo.yaml (every file of configs/ loads: test_config.py)."""
+@pytest.mark.parametrize("task", ["video", "image"])
+def test_every_run_of_the_demo_and_of_its_ablation_validates(tmp_path, task):
+    """tools/demo.py's trainings, each its config file with its overrides, and every variant of its ablation
+    file (every file of configs/ loads: test_config.py): video, six trainings and configs/ablations/demo.yaml;
+    image, two teachers and configs/ablations/demo_image.yaml."""
     demo = runpy.run_path(os.path.join(REPO, "tools", "demo.py"))
-    args = argparse.Namespace(**{k: os.path.join(REPO, "configs", "demo", f"{name}.yaml") for k, name in
-                                 [("config", "synthetic"), ("vit_config", "teacher_vit"), ("cnn_config", "teacher_cnn")]},
-                              ablation=None)
+    data, config, vit, cnn, ablation = (os.path.join(REPO, p) if p else None for p in demo["DEFAULTS"][task])
+    args = argparse.Namespace(config=config, vit_config=vit, cnn_config=cnn, ablation=ablation)
     cfg = load_config(args.config, ["OUTPUT_DIR", str(tmp_path)])
+    assert cfg.TASK == task
     runs = demo["runs"](cfg, args)
-    assert len(runs) == 6
+    assert len(runs) == (6 if task == "video" else 2)
     for name, _, path, overrides in runs:
-        assert load_config(path, overrides + ["OUTPUT_DIR", str(tmp_path / name)]).OUTPUT_DIR == str(tmp_path / name)
-    variants = demo["read_variants"](os.path.join(REPO, "configs", "ablations", "demo.yaml"))
-    assert len(variants) >= 17 and {"student alone", "KD from the ViT", "KD from the CNN", "dual (default)"} <= set(
-        variants)
+        run_cfg = load_config(path, overrides + ["OUTPUT_DIR", str(tmp_path / name)])
+        assert run_cfg.OUTPUT_DIR == str(tmp_path / name) and run_cfg.TASK == task
+    variants = demo["read_variants"](os.path.join(REPO, "configs", "ablations", "demo.yaml") if task == "video"
+                                     else ablation)
+    expected = {"student alone", "KD from the ViT", "KD from the CNN"}
+    if task == "video":
+        assert len(variants) >= 17 and expected | {"dual (default)"} <= set(variants)
+    else:  # the issue's table: the student alone, and KD, DKD, FitNet, CRD and OFA from each teacher
+        assert set(variants) == {"student alone"} | {f"{m} from the {t}" for m in ("KD", "DKD", "FitNet", "CRD", "OFA")
+                                                     for t in ("ViT", "CNN")}
     for overrides in variants.values():
         load_config(args.config, demo["teacher_checkpoints"](cfg) + overrides + ["SEED", "2"])
     for text in ["[a, b]", "{}", "a: [DISTILL.METHOD]"]:

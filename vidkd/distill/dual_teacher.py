@@ -18,7 +18,9 @@ by phi_V, phi_C (fixed seeded orthogonal 1x1x1 convs, or phi_V learned to predic
 teacher features only; computed in fp32 on the teachers' fp32 maps, whatever the training precision) and
 layer-normed per position without affine parameters. Targets
 `r_C = sg(phi_C f_C)`, `r_res = sg(phi_V f_V - phi_C f_C)`; the student's map feeds `g_main` (1x1x1 conv)
--> r_C and the Structure Discrepancy Branch `g_aux` -> r_res. Both heads exist only in training.
+-> r_C and the Structure Discrepancy Branch `g_aux` -> r_res. Both heads exist only in training. On images
+(TASK image: the frame-level path, an image ViT and CNN teaching an image CNN) every map `[B, C, H, W]` is taken as
+a one-frame clip `[B, C, 1, H, W]`, so SDD's 3D layers serve both tasks.
 """
 import logging
 import math
@@ -35,6 +37,11 @@ from vidkd.models.taps import probe
 from vidkd.tasks import input_size
 
 log = logging.getLogger("vidkd.distill")
+
+
+def as_volume(f):
+    """A map `[B, C, H, W]` (an image model's) as a one-frame clip's `[B, C, 1, H, W]`; a clip's map as it is."""
+    return f if f.dim() == 5 else f.unsqueeze(2)
 
 
 def teacher_weights(z_v, z_c, z_s, y, cfg, heldout=None):
@@ -131,7 +138,8 @@ class DualTeacher(Distiller):
                               "as the run goes: cache them with SDD_PHI fixed, or set DISTILL.CACHE live")
         if c.SDD:
             last = [probe(m, input_size(cfg))["stages"][-1] for m in (student, *self.teachers)]
-            (c_s, c_v, c_c), self.grid = (s["channels"] for s in last), last[0]["grid"]
+            (c_s, c_v, c_c), grid = (s["channels"] for s in last), last[0]["grid"]
+            self.grid = (1,) * (3 - len(grid)) + grid  # an image's (H, W) as (1, H, W)
             generator = torch.Generator().manual_seed(cfg.SEED)
             self.phi_c = Projection(c_c, c.SDD_DIM, generator)
             self.phi_v = Projection(c_v, c.SDD_DIM, generator, learned=c.SDD_PHI == "learned")
@@ -183,7 +191,7 @@ class DualTeacher(Distiller):
         z_c, f_c, _ = self.run_teacher(1, video)
         out = {"z_v": z_v, "z_c": z_c}
         if c.SDD:
-            out["r_c"], out["r_res"], p_v = self.sdd_targets(f_v[-1], f_c[-1], self.grid)
+            out["r_c"], out["r_res"], p_v = self.sdd_targets(as_volume(f_v[-1]), as_volume(f_c[-1]), self.grid)
             if c.SDD_PHI == "learned":
                 out["p_v"] = p_v
         if c.RKD_WEIGHT:
@@ -209,7 +217,7 @@ class DualTeacher(Distiller):
                 self.stats = {"w_vit": w[:, 0]}
         losses["datw"] = c.LOGIT_WEIGHT * datw
         if c.SDD:
-            losses.update(self.sdd(t, f_s[-1]))
+            losses.update(self.sdd(t, as_volume(f_s[-1])))
         if c.RKD_WEIGHT:
             losses["rkd"] = c.RKD_WEIGHT * rkd_loss(e_s, t["e_v"])  # gamma * L_RKD(e_s, e_V)
         return z_s, losses
