@@ -300,3 +300,21 @@ def test_every_loss_is_fp32_for_half_inputs(dtype):
         assert value.dtype == torch.float32 and torch.isfinite(value), name
     assert L.kl_per_sample(t, s).dtype == torch.float32
     assert all(part.dtype == torch.float32 for part in L.dkd_per_sample(s, t, torch.tensor([0, 1, 2, 3])))
+
+
+def test_crd_nce_by_hand():
+    """Logits v . M[rows] / tau with the positive first: [2, 0, -2] and [2, 0, 0] at tau 0.5."""
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    rows = torch.tensor([[0, 1, 2], [1, 0, 0]])
+    want = (math.log(1 + math.exp(-2) + math.exp(-4)) + math.log(1 + 2 * math.exp(-2))) / 2
+    assert L.crd_nce(v, bank, rows, 0.5).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_the_memory_bank_moves_its_rows_towards_the_vectors_and_stays_unit():
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    L.bank_update(bank, torch.tensor([0, 2]), torch.tensor([[0.0, 1.0], [-1.0, 0.0]]), 0.5)
+    s = 1 / math.sqrt(2)
+    assert torch.allclose(bank, torch.tensor([[s, s], [0.0, 1.0], [-1.0, 0.0]]))  # row 2: already v, unit
+    L.bank_update(bank, torch.tensor([1]), torch.tensor([[1.0, 0.0]]), 0.9)  # 0.9 [0, 1] + 0.1 [1, 0], normalised
+    assert torch.allclose(bank[1], torch.tensor([0.1, 0.9]) / math.hypot(0.1, 0.9))

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vidkd.distill.base import Distiller
+from vidkd.distill.losses import bank_update, crd_nce
 from vidkd.models.taps import probe
 from vidkd.tasks import input_size
 
@@ -57,14 +58,8 @@ class CRD(Distiller):
         negatives = torch.randint(0, self.num_samples, (len(i), k), device=v_s.device)
         rows = torch.cat([i[:, None], negatives], 1)  # [B, 1 + K]: the positive first
 
-        def nce(v, bank):  # -log softmax(v . M[rows] / tau)_0, batch mean
-            logits = torch.einsum("bd,bkd->bk", v, bank[rows]) / c.CRD_TEMPERATURE
-            return F.cross_entropy(logits, torch.zeros(len(v), dtype=torch.long, device=v.device))
-
-        loss = nce(v_s, self.banks["teacher"]) + nce(v_t, self.banks["student"])
-        with torch.no_grad():
-            for name, v in (("student", v_s), ("teacher", v_t)):
-                bank = self.banks[name]
-                m = c.CRD_MOMENTUM
-                bank[i] = F.normalize(m * bank[i] + (1 - m) * v.detach().float(), dim=1)  # M[i] <- norm(m M[i] + (1-m) v)
+        loss = (crd_nce(v_s, self.banks["teacher"], rows, c.CRD_TEMPERATURE)
+                + crd_nce(v_t, self.banks["student"], rows, c.CRD_TEMPERATURE))
+        for name, v in (("student", v_s), ("teacher", v_t)):
+            bank_update(self.banks[name], i, v, c.CRD_MOMENTUM)
         return z_s, {"ce": c.CE_WEIGHT * self.ce(z_s, batch["targets"]), "crd": c.FEATURE_WEIGHT * loss}

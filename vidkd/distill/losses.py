@@ -192,3 +192,16 @@ def _normalised_distances(diff):
 def _angle_cosines(diff):
     unit = F.normalize(diff, dim=2)  # (e_b - e_a) / |e_b - e_a|
     return torch.bmm(unit, unit.transpose(1, 2)).flatten()  # psi_A(a, b, c) = <unit_ab, unit_ac>
+
+
+def crd_nce(v, bank, rows, tau):
+    """CRD's softmax-form contrastive loss, batch mean: `-log softmax(v_b . M[rows_b] / tau)_0` for unit vectors
+    `v` `[B, D]`, a memory bank `M` `[N, D]` and `rows` `[B, 1 + K]`, each row's positive first."""
+    logits = torch.einsum("bd,bkd->bk", v, bank[rows]) / tau  # v . M[rows] / tau
+    return F.cross_entropy(logits, torch.zeros(len(v), dtype=torch.long, device=v.device))
+
+
+@torch.no_grad()
+def bank_update(bank, rows, v, momentum):
+    """In place: `M[i] <- normalise(m M[i] + (1 - m) v_i)` for each row i of `rows`."""
+    bank[rows] = F.normalize(momentum * bank[rows] + (1 - momentum) * v.detach().float(), dim=1)
