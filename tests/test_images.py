@@ -186,7 +186,8 @@ def test_a_killed_image_run_with_crd_resumes_bit_identical_memory_banks_included
         image_folder(tmp_path / split)
     ok(launch(["data_prep/prepare_images.py", "folder", "--train", str(tmp_path / "train"), "--test",
                str(tmp_path / "test"), "--out", str(tmp_path / "m")]))
-    (tmp_path / "c.yaml").write_text("TASK: image\nMODEL:\n  TEACHERS: [deit_mini, deit_mini]\n  STUDENT: resnet_mini\n")
+    (tmp_path / "c.yaml").write_text("TASK: image\nMODEL:\n  TEACHERS: [deit_mini, deit_mini]\n"
+                                     "  STUDENT: resnet_mini\n")
     common = ["DATA.MANIFEST_DIR", str(tmp_path / "m"), "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_SHORT_SIDE", "32",
               "DATA.TEST_CROP_SIZE", "32", "DATA.NUM_WORKERS", "0", "TRAIN.BATCH_SIZE", "2", "TRAIN.EPOCHS", "2",
               "TRAIN.CHECKPOINT_STEPS", "2", "DISTILL.METHOD", "crd", "DISTILL.CRD_NEGATIVES", "5",

@@ -98,7 +98,8 @@ def runs(cfg, args):
     student = teacher_checkpoints(cfg)
     return [
         ("teacher_vit", f"ViT teacher {vit}", args.vit_config, teacher + ["MODEL.STUDENT", vit]),
-        ("teacher_cnn", f"{'3D-' if cfg.TASK == 'video' else ''}CNN teacher {cnn}", args.cnn_config, teacher + ["MODEL.STUDENT", cnn]),
+        ("teacher_cnn", f"{'3D-' if cfg.TASK == 'video' else ''}CNN teacher {cnn}", args.cnn_config,
+         teacher + ["MODEL.STUDENT", cnn]),
     ] + ([] if args.ablation else [
         ("student_alone", "student alone (CE)", args.config, ["DISTILL.METHOD", "ce"]),
         ("student_kd_vit", "student, KD from the ViT", args.config,

@@ -61,7 +61,8 @@ def main(argv=None):
     registry = REGISTRIES[cfg.TASK]
     unknown = [n for n in names if n not in registry]
     if unknown:
-        raise ConfigError(f"unknown {cfg.TASK} model(s) {', '.join(unknown)}; registered: {', '.join(sorted(registry))}")
+        raise ConfigError(f"unknown {cfg.TASK} model(s) {', '.join(unknown)}; registered: "
+                          f"{', '.join(sorted(registry))}")
     frames, size = args.frames or cfg.DATA.NUM_FRAMES, args.size or cfg.DATA.TEST_CROP_SIZE
     kwargs = dict(num_classes=cfg.MODEL.NUM_CLASSES or 400, crop_size=size)
     if cfg.TASK == "video":

@@ -5,7 +5,8 @@ The pooled embeddings of student and teacher go through linear embedding heads `
 vector per training sample, `M_s` and `M_t`. For sample i, the positive is the other network's bank entry of i
 and `DISTILL.CRD_NEGATIVES` entries of other samples, drawn uniformly, are the negatives; the loss is the softmax
 (InfoNCE) form of CRD's contrastive objective, at temperature `tau = DISTILL.CRD_TEMPERATURE`:
-    L_CRD = -log softmax([v_s . M_t[i], v_s . M_t[n_1..K]] / tau)_0 - log softmax([v_t . M_s[i], v_t . M_s[n_1..K]] / tau)_0
+    L_CRD = -log softmax([v_s . M_t[i], v_s . M_t[n_1..K]] / tau)_0
+            - log softmax([v_t . M_s[i], v_t . M_s[n_1..K]] / tau)_0
 Then the banks move towards this step's vectors, `M[i] <- normalise(m M[i] + (1 - m) v)`, m = DISTILL.CRD_MOMENTUM
 (0.5, as CRD's code).
 L = CE + beta * L_CRD, beta = DISTILL.FEATURE_WEIGHT. The banks are the method's state: one per rank (a rank
@@ -43,7 +44,8 @@ class CRD(Distiller):
         """Random unit vectors, from a generator of their own (the run's other draws stay as they are)."""
         g = torch.Generator().manual_seed(self.seed)
         n, dim = self.num_samples, self.cfg.CRD_DIM
-        self.banks = {k: F.normalize(torch.randn(n, dim, generator=g), dim=1).to(device) for k in ("student", "teacher")}
+        self.banks = {k: F.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
+                      for k in ("student", "teacher")}
 
     def forward(self, batch):
         e_t = self.targets(batch)["embedding"]

@@ -39,7 +39,8 @@ def check_config(cfg):
     m = cfg.MODEL
     for key, name in [("MODEL.STUDENT", m.STUDENT)] + [(f"MODEL.TEACHERS[{i}]", n) for i, n in enumerate(m.TEACHERS)]:
         if name not in REGISTRIES[cfg.TASK]:
-            raise ConfigError(f"config key {key}: unknown model {name!r}; registered: {', '.join(sorted(REGISTRIES[cfg.TASK]))}")
+            raise ConfigError(f"config key {key}: unknown model {name!r}; registered: "
+                              f"{', '.join(sorted(REGISTRIES[cfg.TASK]))}")
     if len(m.TEACHER_CHECKPOINTS) != len(m.TEACHERS):
         raise ConfigError(f"config key MODEL.TEACHER_CHECKPOINTS has {len(m.TEACHER_CHECKPOINTS)} entries, "
                           f"MODEL.TEACHERS {len(m.TEACHERS)}")

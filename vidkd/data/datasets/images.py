@@ -55,7 +55,8 @@ def parse_idx_pair(images_path, labels_path, names):
     """Images `[N, H, W]` uint8 and labels `[N]` from an idx pair, checked against each other and `names`."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise AnnotationError(images_path, 0, f"expected uint8 images [N, H, W], got {images.dtype} {list(images.shape)}")
+        raise AnnotationError(images_path, 0,
+                              f"expected uint8 images [N, H, W], got {images.dtype} {list(images.shape)}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise AnnotationError(labels_path, 0, f"expected {len(images)} labels (one per image of {images_path}), "
                                               f"got shape {list(labels.shape)}")
