@@ -126,8 +126,8 @@ def test_every_run_of_the_demo_and_of_its_ablation_validates(tmp_path, task):
     if task == "video":
         assert len(variants) >= 17 and expected | {"dual (default)"} <= set(variants)
     else:  # the table: the student alone, and KD, DKD, FitNet, CRD and OFA from each teacher
-        assert set(variants) == {"student alone"} | {f"{m} from the {t}" for m in ("KD", "DKD", "FitNet", "CRD", "OFA")
-                                                     for t in ("ViT", "CNN")}
+        assert {"student alone"} | {f"{m} from the {t}" for m in ("KD", "DKD", "FitNet", "CRD", "OFA")
+                                    for t in ("ViT", "CNN")} <= set(variants)
     for overrides in variants.values():
         load_config(args.config, demo["teacher_checkpoints"](cfg) + overrides + ["SEED", "2"])
     for text in ["[a, b]", "{}", "a: [DISTILL.METHOD]"]:
