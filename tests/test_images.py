@@ -1,6 +1,8 @@
 """TASK image: the methods on image model pairings, the image data layouts (folders, CIFAR pickles, idx, arrays),
 and a run of tools/train_net.py on images."""
+import csv
 import gzip
+import json
 import os
 import pickle
 import struct
@@ -175,6 +177,47 @@ def test_train_net_trains_on_an_image_folder(tmp_path):
     history = records(str(out))
     assert len(history) == 3 and history[-1]["loss/total"] < history[0]["loss/total"]
     assert 0 <= history[-1]["test/top1"] <= 100
+    # tools/test_net.py on the exported student: the training run's last evaluation, per class and as a matrix
+    ok(launch(["tools/test_net.py", "--config", str(tmp_path / "c.yaml"), "--checkpoint", str(out / "student.pt"),
+               *args[:-1], str(tmp_path / "tested")]))
+    with open(tmp_path / "tested" / "test_metrics.json") as f:
+        metrics = json.load(f)["metrics"]
+    assert metrics["top1"] == pytest.approx(history[-1]["test/top1"]) and "top5" not in metrics  # 2 classes
+    with open(tmp_path / "tested" / "per_class_accuracy.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class_name"] for r in rows] == ["a", "b"] and [int(r["videos"]) for r in rows] == [6, 6]
+    assert sum(float(r["top1"]) for r in rows) / 2 == pytest.approx(metrics["top1"], abs=0.01)
+    assert (tmp_path / "tested" / "confusion_label.png").stat().st_size > 0
+
+
+def test_a_checkpoint_in_timms_layout_loads_and_a_classifier_of_another_size_is_dropped(tmp_path):
+    """A local file of timm's own state dict (no `net.` prefix): every weight lands in vidkd's model. A classifier
+    of another class count is dropped and reported in a partial load (MODEL.PARTIAL_LOAD: a backbone to fine-tune)
+    and refused otherwise (a teacher with a fresh classifier would teach noise); a missing weight is refused,
+    naming it."""
+    import timm
+
+    from vidkd.errors import CheckpointError
+    from vidkd.models.checkpoint import load_checkpoint
+    from vidkd.models.image import MINI_RESNET
+
+    net = timm.create_model("resnet18", pretrained=False, num_classes=4, **MINI_RESNET)
+    torch.save(net.state_dict(), tmp_path / "same.pth")
+    model = build_image_model("resnet_mini", 4, CROP)
+    load_checkpoint(model, str(tmp_path / "same.pth"))
+    assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in net.state_dict().items())
+    other = timm.create_model("resnet18", pretrained=False, num_classes=10, **MINI_RESNET)
+    torch.save({"state_dict": other.state_dict()}, tmp_path / "ten.pth")
+    report = load_checkpoint(model, str(tmp_path / "ten.pth"), partial=True)
+    assert report["notes"] == ["classifier dropped: 10 classes in the checkpoint, 4 here"]
+    assert report["missing"] == ["net.fc.bias", "net.fc.weight"] and report["unexpected"] == []
+    assert torch.equal(model.net.conv1.weight, other.conv1.weight)
+    with pytest.raises(CheckpointError, match=r"missing: \['net.fc.bias', 'net.fc.weight'\]"):
+        load_checkpoint(model, str(tmp_path / "ten.pth"))
+    cut = {k: v for k, v in net.state_dict().items() if k != "layer2.0.conv1.weight"}
+    torch.save(cut, tmp_path / "cut.pth")
+    with pytest.raises(CheckpointError, match=r"(?s)cut.pth: does not fit .*missing: \['net.layer2.0.conv1.weight'\]"):
+        load_checkpoint(model, str(tmp_path / "cut.pth"))
 
 
 def test_a_killed_image_run_with_crd_resumes_bit_identical_memory_banks_included(tmp_path):
