@@ -83,6 +83,8 @@ class Distiller(nn.Module):
         """Indices into MODEL.TEACHERS that the method runs (here: the one of DISTILL.TEACHER_INDEX)."""
         return [cfg.DISTILL.TEACHER_INDEX]
 
+    tasks = ("video", "image")  # the TASKs whose models the method trains
+
     calibrates = False  # whether `calibrate` has anything to estimate (with this config)
 
     def calibrate(self, loader, device):
