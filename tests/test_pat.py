@@ -3,6 +3,7 @@ teacher bit-identical and trains only its prompts, the feedback is method state 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from conftest import launch, ok, records
 
 from vidkd.config import load_config
@@ -120,3 +121,16 @@ def test_a_killed_pat_run_resumes_bit_identical_feedback_included(tmp_path):
     assert f"resumed from epoch {epoch}, batch {batch_}" in resumed.stderr
     assert_same_run(tmp_path / "killed", tmp_path / "whole")
     assert {"loss/hcl", "loss/reg"} <= set(records(str(tmp_path / "whole"))[0])
+    picture = Image.open(tmp_path / "whole" / "raa_attention.png")  # the RAA attention of a test batch
+    assert picture.size[0] > 200 and len(set(picture.convert("L").getdata())) > 20
+
+
+def test_the_raa_attention_picture_marks_the_stages_and_needs_raa():
+    distiller = pat("deit_mini", "resnet_mini").eval()
+    with torch.no_grad():
+        (name, figure), = distiller.figures({"input": batch()["input"]}).items()
+    ax = figure.axes[0]
+    assert name == "raa_attention.png" and ax.images[0].get_array().shape == (64, 64)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["stage 1", "stage 2", "stage 3", "stage 4"]
+    assert len(ax.lines) == 6  # 3 boundaries between 4 stages, each across and down
+    assert pat("deit_mini", "resnet_mini", "DISTILL.PAT_RAA", "False").figures({"input": batch()["input"]}) == {}

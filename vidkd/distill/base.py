@@ -91,6 +91,12 @@ class Distiller(nn.Module):
         """Estimate what the method needs from labelled videos its teachers did not train on (`loader`: test views
         of DATA.CALIBRATION_SPLIT), before training; deterministic, so a resumed run estimates the same."""
 
+    def figures(self, batch):
+        """Pictures of what the method learned, on a batch of test inputs (`{"input"}`), as `{file name:
+        matplotlib Figure}`: the engine saves them as PNG files in OUTPUT_DIR at the end of a run (eval mode, no
+        gradients)."""
+        return {}
+
     def teacher_targets(self, video):
         """What the method needs from its teachers for `video`, as a dict of tensors `[B, ...]` (what the
         teacher-output cache stores); a method whose teachers train, or whose targets change as it trains,

@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 
 from vidkd.distill.base import Distiller
 from vidkd.distill.losses import hcl_loss, kd_loss
@@ -213,6 +214,29 @@ class PAT(Distiller):
 
     def teacher_targets(self, x):
         return {"logits": self.run_teacher(0, x)[0]}
+
+    def figures(self, batch):
+        """RAA's attention (query token x key token, mean over heads and the batch), stages marked, as the paper
+        shows it (`raa_attention.png`)."""
+        if not self.raa.attend:
+            return {}
+        self.raa(self.student_taps(batch["input"])[1])
+        weights, q = self.raa.weights.float().mean(0).cpu().numpy(), self.cfg.PAT_TOKENS
+        stages = weights.shape[0] // q
+        fig = Figure(figsize=(6, 5))
+        ax = fig.subplots()
+        image = ax.imshow(weights, cmap="viridis")
+        for i in range(1, stages):
+            ax.axhline(i * q - 0.5, color="white", linewidth=0.8)
+            ax.axvline(i * q - 0.5, color="white", linewidth=0.8)
+        centres, names = [i * q + (q - 1) / 2 for i in range(stages)], [f"stage {i + 1}" for i in range(stages)]
+        ax.set_xticks(centres, names)
+        ax.set_yticks(centres, names)
+        ax.set(title=f"RAA attention ({len(batch['input'])} test images): query x key token", xlabel="key",
+               ylabel="query")
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        return {"raa_attention.png": fig}
 
     def forward(self, batch):
         x, y, c = batch["input"], batch["targets"], self.cfg
