@@ -158,7 +158,7 @@ def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(m
     sum(losses.values()).backward()
     grads = [p.grad for p in distiller.parameters() if p.requires_grad]
     assert grads and all(g is not None and g.dtype == dtype and torch.isfinite(g).all() for g in grads)
-    assert len(seen) >= len(distiller.teachers) and set(seen) == {torch.float32}  # PAT runs its teacher twice
+    assert len(seen) >= len(distiller.teachers) and set(seen) <= {torch.float32}  # PAT runs its teacher twice
 
 
 def test_the_teachers_targets_do_not_depend_on_the_training_precision():
