@@ -194,10 +194,10 @@ D = torch.tensor([[1.0, 3.0, 0.0, 0.0],
 # HCL of f_s = f_t + D (pooling is linear, so each MSE is that of the pooled D), 4x4 map:
 #   full:   mean(D^2) = (1 + 9 + 1 + 9 + 4 * 4) / 16 = 36 / 16 = 2.25              weight 1
 #   grid 4: skipped (4 >= 4)
-#   grid 2: block means [[2, 0], [0, 2]] -> mean of squares (4 + 0 + 0 + 4) / 4 = 2  weight 1/4
-#   grid 1: mean(D) = 16 / 16 = 1 -> 1                                              weight 1/8
-#   HCL = (2.25 + 2/4 + 1/8) / (1 + 1/4 + 1/8) = 2.875 / 1.375 = 23 / 11
-HCL_4x4 = 23 / 11
+#   grid 2: block means [[2, 0], [0, 2]] -> mean of squares (4 + 0 + 0 + 4) / 4 = 2  weight 1/2 (the first used)
+#   grid 1: mean(D) = 16 / 16 = 1 -> 1                                              weight 1/4
+#   HCL = (2.25 + 2/2 + 1/4) / (1 + 1/2 + 1/4) = 3.5 / 1.75 = 2
+HCL_4x4 = 2.0
 
 
 def test_hcl_on_a_4x4_map_by_hand():
@@ -210,9 +210,9 @@ def test_hcl_5d_pools_space_and_time():
     f_t = torch.full((1, 1, 1, 4, 4), 5.0)
     close(L.hcl_loss(f_t + D, f_t), HCL_4x4)
     # two frames, D and -D: full MSE 2.25; grid 2 -> (2, 2, 2) keeps frames apart: 2; grid 1 -> (1, 1, 1)
-    # averages D and -D to 0: 0.  HCL = (2.25 + 2/4 + 0/8) / 1.375 = 2.75 / 1.375 = 2
+    # averages D and -D to 0: 0.  HCL = (2.25 + 2/2 + 0/4) / 1.75 = 3.25 / 1.75 = 13 / 7
     f_s = torch.stack([D, -D])[None, None]  # [1, 1, 2, 4, 4]
-    close(L.hcl_loss(f_s, torch.zeros_like(f_s)), 2.0)
+    close(L.hcl_loss(f_s, torch.zeros_like(f_s)), 13 / 7)
 
 
 def test_hcl_on_an_8x8_map_uses_grid_4():

@@ -15,7 +15,7 @@ import torch
 from conftest import TIMEOUT, launch, load_student, ok, records, write_config
 
 from vidkd.config import load_config
-from vidkd.distill.build import METHODS, build_distiller, teachers_needed
+from vidkd.distill.build import build_distiller, methods_for, teachers_needed
 from vidkd.engine.ema import EMA
 from vidkd.engine.trainer import PRECISIONS, cast_for_training
 from vidkd.models import build_image_model, build_model
@@ -95,7 +95,7 @@ def check_cache(tmp_path, proc):
 def test_every_method_trains_checkpoints_and_resumes_exactly(dataset, tmp_path, precision, ranks):
     """2 ranks: ZeRO-2, 2 batches a rank an epoch."""
     extra = {"DEEPSPEED": {"PRECISION": precision, "ZERO_STAGE": 2 if ranks > 1 else 0}}
-    names = sorted(METHODS) + ["cached"]
+    names = methods_for("video") + ["cached"]
     proc = run_all(tmp_path, plan(tmp_path, dataset, extra, names), ranks)
     check_runs(tmp_path, names, PRECISIONS[precision])
     check_cache(tmp_path, proc)
@@ -132,9 +132,8 @@ def models_of(task):
         "deit_mini", 4, 32), (3, 32, 32)
 
 
-@pytest.mark.parametrize("task", ["video", "image"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method, task", [(m, t) for t in ("video", "image") for m in methods_for(t)])
 def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(method, precision, task):
     """What DeepSpeed trains, cast as it casts it; the teachers outside, in fp32, fed the fp32 input."""
     cfg = config(method, "TASK", task, "MODEL.TEACHERS", "[deit_mini, resnet_mini]") if task == "image" else config(
@@ -159,7 +158,7 @@ def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(m
     sum(losses.values()).backward()
     grads = [p.grad for p in distiller.parameters() if p.requires_grad]
     assert grads and all(g is not None and g.dtype == dtype and torch.isfinite(g).all() for g in grads)
-    assert seen == [torch.float32] * len(distiller.teachers)
+    assert len(seen) >= len(distiller.teachers) and set(seen) <= {torch.float32}  # PAT runs its teacher twice
 
 
 def test_the_teachers_targets_do_not_depend_on_the_training_precision():

@@ -5,10 +5,14 @@
 3. the method live (teachers run every step);
 4. the method from the teacher-output cache (targets read from memory-mapped fp16 files, as in training).
 
-Prints clips/s and peak memory of each, and the two ratios of issue 6: `live / (student + teachers)` (target
-<= 1.10: the method adds little beyond the models it runs) and `cached / student` (target <= 1.15).
+Prints clips/s and peak memory of each, the method's training-only parameters (what it trains beyond the
+student: exits, aligners, prompts), and the two ratios of issue 6: `live / (student + teachers)` (target <= 1.10:
+the method adds little beyond the models it runs) and `cached / student` (target <= 1.15). `--compare kd ...`
+also times other methods live on the same batches (PAT against KD: `live / KD live`). Clips, or images with
+TASK image.
 
     python tools/benchmark_distill.py --config configs/demo/synthetic.yaml [--steps 20] [KEY VALUE ...]
+    python tools/benchmark_distill.py --config configs/image/pat/synthetic_frames.yaml --compare kd
 """
 import argparse
 import json
@@ -20,18 +24,22 @@ import torch
 
 from vidkd.cli import run
 from vidkd.config import load_config
-from vidkd.distill.build import build_distiller
+from vidkd.distill.build import build_distiller, teachers_needed
 from vidkd.engine.teacher_cache import TeacherCache
 from vidkd.engine.trainer import build_models, param_groups
+from vidkd.errors import ConfigError
 from vidkd.profiling.latency import measure_steps
+from vidkd.tasks import input_size
 
 
 def batches(cfg, heads, steps, device):
-    d, b = cfg.DATA, cfg.TRAIN.BATCH_SIZE
+    """Random inputs of the config's training shape; `index` counts the samples (CRD's memory bank rows)."""
+    b = cfg.TRAIN.BATCH_SIZE
     g = torch.Generator().manual_seed(cfg.SEED)
-    return [{"input": torch.randn(b, 3, d.NUM_FRAMES, d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SIZE, generator=g).to(device),
+    return [{"input": torch.randn(b, 3, *input_size(cfg), generator=g).to(device),
+             "index": torch.arange(i * b, (i + 1) * b, device=device),
              "targets": {h: torch.randint(k, (b,), generator=g).to(device) for h, k in heads.items()}}
-            for _ in range(steps)]
+            for i in range(steps)]
 
 
 def write_cache(distiller, data, folder):
@@ -69,16 +77,26 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 3 untimed)")
+    p.add_argument("--compare", nargs="*", default=[], help="other DISTILL.METHODs to time live on the same batches")
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides + ["DISTILL.CACHE", "live"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     heads = {"label": cfg.MODEL.NUM_CLASSES or 400}
     torch.manual_seed(cfg.SEED)
-    student, teachers = build_models(cfg, heads)
-    method = build_distiller(cfg, student, [t.to(device) for t in teachers], heads).to(device).train()
-    alone = build_distiller(load_config(args.config, args.overrides + ["DISTILL.METHOD", "ce"]), student, [],
-                            heads).to(device).train()
+    student, built = build_models(cfg, heads)
+    teachers = dict(zip(teachers_needed(cfg), (t.to(device) for t in built)))
+
+    def distiller(name):
+        c = load_config(args.config, args.overrides + ["DISTILL.CACHE", "live", "DISTILL.METHOD", name])
+        missing = [i for i in teachers_needed(c) if i not in teachers]
+        if missing:
+            raise ConfigError(f"--compare {name}: runs MODEL.TEACHERS {missing}, which {cfg.DISTILL.METHOD} does not")
+        d = build_distiller(c, student, [teachers[i] for i in teachers_needed(c)], heads)
+        d.num_samples = (args.steps + 3) * cfg.TRAIN.BATCH_SIZE
+        return d.to(device).train()
+
+    method, alone = distiller(cfg.DISTILL.METHOD), distiller("ce")
     data = batches(cfg, heads, args.steps + 3, device)
     with tempfile.TemporaryDirectory() as folder:
         cache = write_cache(method, data, folder)
@@ -86,16 +104,24 @@ def main(argv=None):
                  "teachers' forward": lambda b: method.teacher_targets(b["input"]),
                  f"{cfg.DISTILL.METHOD}, live": training_step(method, cfg),
                  f"{cfg.DISTILL.METHOD}, cached": training_step(method, cfg, cache)}
+        others = {name: distiller(name) for name in args.compare}
+        steps.update({f"{name}, live": training_step(d, cfg) for name, d in others.items()})
         rows = measure_steps(steps, data, device)
     b, width = cfg.TRAIN.BATCH_SIZE, max(map(len, rows))
-    print(f"\n{cfg.MODEL.STUDENT} <- {', '.join(cfg.MODEL.TEACHERS)}; batch {b} x "
-          f"{cfg.DATA.NUM_FRAMES}x{cfg.DATA.TRAIN_CROP_SIZE}px, median of {args.steps} steps on {device}")
-    print(f"{'':<{width}}  {'clips/s':>9}  {'ms/step':>9}  {'peak MB':>8}")
+    shape = "x".join(map(str, input_size(cfg)))
+    print(f"\n{cfg.MODEL.STUDENT} <- {', '.join(cfg.MODEL.TEACHERS)}; batch {b} x {shape}px, median of "
+          f"{args.steps} steps on {device}")
+    print(f"{'':<{width}}  {'inputs/s':>9}  {'ms/step':>9}  {'peak MB':>8}  {'training-only params (M)':>24}")
+    extra = {f"{name}, {how}": sum(p.numel() for n, p in d.named_parameters() if not n.startswith("student.")) / 1e6
+             for name, d in [(cfg.DISTILL.METHOD, method), *others.items()] for how in ("live", "cached")}
     for name, (ms, peak) in rows.items():
-        print(f"{name:<{width}}  {1e3 * b / ms:>9.1f}  {ms:>9.1f}  {peak:>8.0f}")
-    student, teachers, live, cached = (ms for ms, _ in rows.values())
+        print(f"{name:<{width}}  {1e3 * b / ms:>9.1f}  {ms:>9.1f}  {peak:>8.0f}  "
+              f"{f'{extra[name]:.2f}' if name in extra else '-':>24}")
+    student, teachers, live, cached = (ms for ms, _ in list(rows.values())[:4])
     print(f"\nlive / (student + teachers) = {live / (student + teachers):.3f}   (target <= 1.10)")
     print(f"cached / student alone      = {cached / student:.3f}   (target <= 1.15)")
+    for name in args.compare:
+        print(f"{cfg.DISTILL.METHOD} live / {name} live = {live / rows[f'{name}, live'][0]:.2f}")
     return 0
 
 

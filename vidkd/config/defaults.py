@@ -171,7 +171,7 @@ _C.DEEPSPEED.PRECISION = "bf16"
 
 # ----------------------------------------------------------------------------- distillation
 _C.DISTILL = CfgNode()
-# ce (student alone, or a teacher fine-tuned) | kd | dkd | fitnet | rkd | ofa | crd | dual_teacher.
+# ce (student alone, or a teacher fine-tuned) | kd | dkd | fitnet | rkd | ofa | crd | pat | dual_teacher.
 _C.DISTILL.METHOD = "dual_teacher"
 # Single-teacher methods: which of MODEL.TEACHERS teaches (0 = the ViT, 1 = the 3D CNN).
 _C.DISTILL.TEACHER_INDEX = 0
@@ -198,6 +198,17 @@ _C.DISTILL.CRD_NEGATIVES = 4096
 _C.DISTILL.CRD_TEMPERATURE = 0.07
 # CRD: momentum of the memory banks, M[i] <- normalise(m M[i] + (1 - m) v)
 _C.DISTILL.CRD_MOMENTUM = 0.5
+# PAT (METHODS.md 3): tokens per student stage q (a square), RAA width d and heads, RAA on (off: patch embeddings and
+# aligners only, the paper's base), AFP prompts on, their feedback on (off: zeros), the teacher stages prompted
+# (0-based), gamma (weight of T^2 KL(p_t || p_t'), the prompted teacher kept near the teacher).
+_C.DISTILL.PAT_TOKENS = 16
+_C.DISTILL.PAT_DIM = 512
+_C.DISTILL.PAT_HEADS = 8
+_C.DISTILL.PAT_RAA = True
+_C.DISTILL.PAT_AFP = True
+_C.DISTILL.PAT_FEEDBACK = True
+_C.DISTILL.PAT_AFP_STAGES = [0, 1, 2, 3]
+_C.DISTILL.PAT_REG_WEIGHT = 1.0
 # DATW teacher weights: adaptive | fixed (0.5 / 0.5) | vit_only | cnn_only.
 _C.DISTILL.DATW_MODE = "adaptive"
 # DATW confidence c_k: true_class (softmax(z_k)[y] on the training clip) | max_prob | neg_entropy |
@@ -312,7 +323,7 @@ RULES = {
     "SOLVER.MOMENTUM": Range(0, 1),
     "DEEPSPEED.ZERO_STAGE": OneOf(0, 1, 2),
     "DEEPSPEED.PRECISION": OneOf("fp32", "bf16", "fp16"),
-    "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "dual_teacher"),
+    "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "pat", "dual_teacher"),
     "DISTILL.TEACHER_INDEX": OneOf(0, 1),
     "DISTILL.CE_WEIGHT": Range(0),
     "DISTILL.TEMPERATURE": Range(0, above=True),
@@ -327,6 +338,14 @@ RULES = {
     "DISTILL.CRD_NEGATIVES": Range(1, 10**6),
     "DISTILL.CRD_TEMPERATURE": Range(0, above=True),
     "DISTILL.CRD_MOMENTUM": Range(0, 1),
+    "DISTILL.PAT_TOKENS": Range(1, 4096),
+    "DISTILL.PAT_DIM": Range(1, 65536),
+    "DISTILL.PAT_HEADS": Range(1, 1024),
+    "DISTILL.PAT_RAA": ANY,
+    "DISTILL.PAT_AFP": ANY,
+    "DISTILL.PAT_FEEDBACK": ANY,
+    "DISTILL.PAT_AFP_STAGES": List(Range(0, 64), (0, 64), ordered=True),
+    "DISTILL.PAT_REG_WEIGHT": Range(0),
     "DISTILL.DATW_MODE": OneOf("adaptive", "fixed", "vit_only", "cnn_only"),
     "DISTILL.DATW_CONFIDENCE": OneOf("true_class", "max_prob", "neg_entropy", "heldout_class"),
     "DISTILL.DATW_CALIBRATE": ANY,

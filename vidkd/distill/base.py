@@ -83,11 +83,19 @@ class Distiller(nn.Module):
         """Indices into MODEL.TEACHERS that the method runs (here: the one of DISTILL.TEACHER_INDEX)."""
         return [cfg.DISTILL.TEACHER_INDEX]
 
+    tasks = ("video", "image")  # the TASKs whose models the method trains
+
     calibrates = False  # whether `calibrate` has anything to estimate (with this config)
 
     def calibrate(self, loader, device):
         """Estimate what the method needs from labelled videos its teachers did not train on (`loader`: test views
         of DATA.CALIBRATION_SPLIT), before training; deterministic, so a resumed run estimates the same."""
+
+    def figures(self, batch):
+        """Pictures of what the method learned, on a batch of test inputs (`{"input"}`), as `{file name:
+        matplotlib Figure}`: the engine saves them as PNG files in OUTPUT_DIR at the end of a run (eval mode, no
+        gradients)."""
+        return {}
 
     def teacher_targets(self, video):
         """What the method needs from its teachers for `video`, as a dict of tensors `[B, ...]` (what the

@@ -6,10 +6,17 @@ from vidkd.distill.dual_teacher import DualTeacher
 from vidkd.distill.fitnet import FitNet
 from vidkd.distill.kd import KD
 from vidkd.distill.ofa import OFA
+from vidkd.distill.pat import PAT
 from vidkd.distill.rkd import RKD
+from vidkd.errors import ConfigError
 
 METHODS = {"ce": CE, "kd": KD, "dkd": DKD, "fitnet": FitNet, "rkd": RKD, "ofa": OFA, "crd": CRD,
-           "dual_teacher": DualTeacher}
+           "pat": PAT, "dual_teacher": DualTeacher}
+
+
+def methods_for(task):
+    """The names of the methods that train models of TASK `task`, sorted."""
+    return sorted(name for name, method in METHODS.items() if task in method.tasks)
 
 
 def teachers_needed(cfg):
@@ -19,4 +26,9 @@ def teachers_needed(cfg):
 
 def build_distiller(cfg, student, teachers, heads):
     """`teachers`: the models of `teachers_needed(cfg)`, in that order."""
-    return METHODS[cfg.DISTILL.METHOD](student, teachers, heads, cfg)
+    method = cfg.DISTILL.METHOD
+    if cfg.TASK not in METHODS[method].tasks:
+        raise ConfigError(f"config key DISTILL.METHOD: {method} trains TASK {' or '.join(METHODS[method].tasks)} "
+                          f"models, this config's TASK is {cfg.TASK}; methods for {cfg.TASK}: "
+                          f"{', '.join(methods_for(cfg.TASK))}")
+    return METHODS[method](student, teachers, heads, cfg)

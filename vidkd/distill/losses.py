@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HCL_LEVELS = ((4, 1 / 2), (2, 1 / 4), (1, 1 / 8))  # (pooled grid, weight); the full map has weight 1
+HCL_GRIDS = (4, 2, 1)  # pooled grids; the full map has weight 1, each grid used half the weight of the one before
 DKD_MASK = 1000.0  # NCKD pushes the target logit down by this much, removing the target class
 
 
@@ -130,21 +130,23 @@ def match_grid(f, size):
 
 
 def hcl_loss(f_s, f_t):
-    """HCL (ReviewKD's hierarchical context loss) on one pair of maps `[B, C, H, W]` or `[B, C, T, H, W]`.
+    """HCL (ReviewKD's hierarchical context loss, as PAT's and ReviewKD's code compute it) on one pair of maps
+    `[B, C, H, W]` or `[B, C, T, H, W]`.
 
     `(MSE(f_s, f_t) + sum_g w_g MSE(pool_g f_s, pool_g f_t)) / (1 + sum_g w_g)` over the pooled grids
-    `g = 4, 2, 1` with `w_g = 1/2, 1/4, 1/8`, skipping each `g >= min(H, W)`. The weights belong to the grids,
-    as METHODS.md states them (ReviewKD's code instead halves the weight per grid used, so on a 4x4 map its
-    grids 2 and 1 get 1/2 and 1/4). A 5D map is pooled to `g x g` in space and `min(T, g)` in time, so grid 1
-    is one global average and short clips are not stretched in time.
+    `g = 4, 2, 1` smaller than the map (each `g >= min(H, W)` is skipped), the weight halving for each grid used:
+    the first gets 1/2, the next 1/4, the next 1/8 (METHODS.md 1: a 4x4 map uses grids 2 and 1 at 1/2 and 1/4). A
+    5D map is pooled to `g x g` in space and `min(T, g)` in time, so grid 1 is one global average and short clips
+    are not stretched in time.
     """
     _same_shape(f_s, f_t, "hcl_loss")
     f_s, f_t = f_s.float(), f_t.float()
-    loss, total = F.mse_loss(f_s, f_t), 1.0
+    loss, total, w = F.mse_loss(f_s, f_t), 1.0, 1.0
     side = min(f_s.shape[-2:])
-    for g, w in HCL_LEVELS:
+    for g in HCL_GRIDS:
         if g >= side:
             continue
+        w /= 2
         size = (g, g) if f_s.dim() == 4 else (min(f_s.shape[2], g), g, g)
         loss = loss + w * F.mse_loss(match_grid(f_s, size), match_grid(f_t, size))
         total += w

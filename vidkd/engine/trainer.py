@@ -425,7 +425,22 @@ class Trainer:
             writer.close()
             save_model(self.eval_model(), os.path.join(self.out, "student.pt"), heads=self.heads,
                        method=self.cfg.DISTILL.METHOD)
+            self._save_figures()
         return metrics
+
+    def _save_figures(self):
+        """The method's pictures (`Distiller.figures`) of the first test batch, as PNG files in OUTPUT_DIR."""
+        self.test_loader.set_epoch(0)
+        batch = next((b for b in self.test_loader if b is not None), None)
+        if batch is None:
+            return
+        self.distiller.eval()
+        with torch.no_grad():
+            figures = self.distiller.figures({"input": batch["input"].to(self.device)})
+        self.distiller.train()
+        for name, figure in figures.items():
+            figure.savefig(os.path.join(self.out, name), dpi=80)
+            log.info("%s written", os.path.join(self.out, name))
 
     def _log(self, record, writer):
         with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
