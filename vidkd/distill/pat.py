@@ -43,7 +43,7 @@ MAP_LAYOUTS = ("NCHW", "NHWC")
 def patchify(c_in, side, grid):
     """Conv of kernel and stride grid / side (at least 1), then an average to side x side: `side^2` tokens."""
     k = max(1, min(grid) // side)
-    return nn.Sequential(nn.Conv2d(c_in, c_in, k, stride=k, groups=1), nn.AdaptiveAvgPool2d(side))
+    return nn.Sequential(nn.Conv2d(c_in, c_in, k, stride=k), nn.AdaptiveAvgPool2d(side))
 
 
 class RAA(nn.Module):
@@ -240,13 +240,14 @@ class PAT(Distiller):
 
     def forward(self, batch):
         x, y, c = batch["input"], batch["targets"], self.cfg
-        z_t = self.targets(batch)["logits"]
         z_s, f_s, _ = self.student_taps(x)
         self._prompting = bool(self.afp_stages)
         try:
             z_p, f_p, _ = self.run_teacher(0, x, learn=bool(self.afp_stages))  # z_t', F_T'
         finally:
             self._prompting = False
+        # without prompts the pass above is the teacher's own: its logits are z_t (unless they come from the cache)
+        z_t = self.targets(batch)["logits"] if self.afp_stages or self.cached else z_p
         aligned = [a(t).float() for a, t in zip(self.aligners, self.raa(f_s))]
         hcl = sum(hcl_loss(a, f) for a, f in zip(aligned, f_p))  # sum_i HCL(A_i(RAA(F_S))_i, F_T'_i)
         self.feedback = {i: (aligned[i] - f_p[i]).detach() for i in self.afp_stages}
