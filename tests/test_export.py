@@ -66,3 +66,31 @@ def test_training_only_keys_refused(tmp_path):
     assert proc.returncode == 1
     assert "g_aux.0.weight" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("method, parts", [("pat", ["raa.", "aligners.", "prompts."]),
+                                           ("fbt", ["fusion.l2g.", "fusion.copy.", "project.", "log_scale"])])
+def test_pat_and_fbt_export_the_student_alone_and_their_training_only_keys_are_refused(tmp_path, method, parts):
+    from vidkd.config import load_config
+    from vidkd.distill.build import build_distiller
+    from vidkd.errors import CheckpointError
+    from vidkd.models import build_image_model
+
+    cfg = load_config(None, ["TASK", "image", "DISTILL.METHOD", method, "MODEL.STUDENT", "resnet_mini",
+                             "MODEL.TEACHERS", "[deit_mini]", "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32",
+                             "DISTILL.PAT_DIM", "32", "DISTILL.PAT_HEADS", "4", "DISTILL.FBT_DIM", "32"])
+    heads = {"label": 4}
+    distiller = build_distiller(cfg, build_image_model("resnet_mini", 4, 32), [build_image_model("deit_mini", 4, 32)],
+                                heads)
+    extra = {k: v for k, v in distiller.state_dict().items() if not k.startswith("student.")}
+    assert all(any(k.startswith(p) for k in extra) for p in parts)  # each training-only part has weights
+
+    def write(state):
+        torch.save({"model": state, "meta": {"name": "resnet_mini", "heads": heads}}, tmp_path / "student.pt")
+        return EXPORTER["load_student"](cfg, str(tmp_path / "student.pt"))
+
+    student = write(distiller.student_state_dict())  # what training exports: the student's weights, all of them
+    assert all(torch.equal(v, distiller.student.state_dict()[k]) for k, v in student.state_dict().items())
+    with pytest.raises(CheckpointError, match="training-only parts") as refused:
+        write({**distiller.student_state_dict(), **extra})
+    assert all(p in str(refused.value) for p in parts)

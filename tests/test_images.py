@@ -24,7 +24,7 @@ CROP = 32
 PAIRS = {"CNN -> ViT": (("resnet_mini",), "deit_mini"), "ViT -> CNN": (("deit_mini",), "resnet_mini"),
          "CNN -> MLP": (("convnext_mini",), "resmlp_mini"), "Swin -> CNN": (("swin_mini",), "resnet_mini")}
 DUAL = {"ViT + CNN -> CNN": (("deit_mini", "resnet_mini"), "resnet_mini")}
-CASES = [(m, p) for m in ("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "pat") for p in sorted(PAIRS)]
+CASES = [(m, p) for m in ("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "pat", "fbt") for p in sorted(PAIRS)]
 
 
 @pytest.mark.parametrize("method, pair", CASES + [("dual_teacher", p) for p in DUAL])

@@ -318,3 +318,14 @@ def test_the_memory_bank_moves_its_rows_towards_the_vectors_and_stays_unit():
     assert torch.allclose(bank, torch.tensor([[s, s], [0.0, 1.0], [-1.0, 0.0]]))  # row 2: already v, unit
     L.bank_update(bank, torch.tensor([1]), torch.tensor([[1.0, 0.0]]), 0.9)  # 0.9 [0, 1] + 0.1 [1, 0], normalised
     assert torch.allclose(bank[1], torch.tensor([0.1, 0.9]) / math.hypot(0.1, 0.9))
+
+
+def test_info_nce_by_hand():
+    """a = I, b = [[0.6, 0.8], [1, 0]] at 1 / tau = 2: logits 2 a b^T = [[1.2, 2], [1.6, 0]], positives on the
+    diagonal; the mean of the rows' CE and the columns' CE."""
+    a, b = torch.eye(2), torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    rows = (math.log(math.exp(1.2) + math.exp(2)) - 1.2) + (math.log(math.exp(1.6) + 1) - 0)
+    columns = (math.log(math.exp(1.2) + math.exp(1.6)) - 1.2) + (math.log(math.exp(2) + 1) - 0)
+    assert L.info_nce(a, b, 2.0).item() == pytest.approx((rows / 2 + columns / 2) / 2, rel=1e-6)
+    same = torch.eye(3)  # aligned pairs, far apart: each CE is log(1 + 2 e^{-s})
+    assert L.info_nce(same, same, 5.0).item() == pytest.approx(math.log(1 + 2 * math.exp(-5)), rel=1e-6)

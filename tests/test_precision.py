@@ -105,15 +105,16 @@ def test_every_method_trains_checkpoints_and_resumes_exactly(dataset, tmp_path, 
 
 def test_image_methods_train_in_bf16_on_2_ranks_checkpoint_and_resume_exactly(dataset, tmp_path):
     """TASK image, the frame-level path (one frame of each synthetic video), in bf16 on 2 ranks with ZeRO-2: CRD
-    (its memory banks, one per rank, are method state), OFA and the dual teacher (SDD on one-frame maps), each
+    (its memory banks, one per rank, are method state), OFA, FBT (its fusion model's copy of the teacher, partly
+    frozen, inside the engine; evaluated beside the student) and the dual teacher (SDD on one-frame maps), each
     straight, stopped and resumed, as above."""
     extra = {"TASK": "image", "MODEL": {"STUDENT": "resnet_mini", "TEACHERS": ["deit_mini", "resnet_mini"]},
              "DEEPSPEED": {"PRECISION": "bf16", "ZERO_STAGE": 2}}
-    names = ["crd", "dual_teacher", "ofa"]
+    names = ["crd", "dual_teacher", "fbt", "ofa"]
     run_all(tmp_path, plan(tmp_path, dataset, extra, names), 2)
     check_runs(tmp_path, names, torch.bfloat16)
     logged = {k for n in names for k in records(tmp_path / f"{n}_a")[-1]}
-    assert {"loss/crd", "loss/ofa_exits", "loss/sdd_aux"} <= logged
+    assert {"loss/crd", "loss/ofa_exits", "loss/sdd_aux", "loss/infonce", "test/fusion/top1"} <= logged
 
 
 # ----------------------------------------------------------------------------------------------- units

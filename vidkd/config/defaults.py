@@ -209,6 +209,15 @@ _C.DISTILL.PAT_AFP = True
 _C.DISTILL.PAT_FEEDBACK = True
 _C.DISTILL.PAT_AFP_STAGES = [0, 1, 2, 3]
 _C.DISTILL.PAT_REG_WEIGHT = 1.0
+# FBT (METHODS.md 4): the knowledge pairs, each "teacher then learner" of t (teacher), s (student), f (fusion model);
+# InfoNCE on the pooled features (projected to FBT_DIM, temperature learnable from FBT_TEMPERATURE) and the OFA loss
+# on the logits, each switchable; L2G's Swin block (off: its patch embedding only).
+_C.DISTILL.FBT_PAIRS = ["ts", "tf", "fs"]
+_C.DISTILL.FBT_INFONCE = True
+_C.DISTILL.FBT_OFA = True
+_C.DISTILL.FBT_L2G_BLOCK = True
+_C.DISTILL.FBT_DIM = 256
+_C.DISTILL.FBT_TEMPERATURE = 0.07
 # DATW teacher weights: adaptive | fixed (0.5 / 0.5) | vit_only | cnn_only.
 _C.DISTILL.DATW_MODE = "adaptive"
 # DATW confidence c_k: true_class (softmax(z_k)[y] on the training clip) | max_prob | neg_entropy |
@@ -323,7 +332,7 @@ RULES = {
     "SOLVER.MOMENTUM": Range(0, 1),
     "DEEPSPEED.ZERO_STAGE": OneOf(0, 1, 2),
     "DEEPSPEED.PRECISION": OneOf("fp32", "bf16", "fp16"),
-    "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "pat", "dual_teacher"),
+    "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "pat", "fbt", "dual_teacher"),
     "DISTILL.TEACHER_INDEX": OneOf(0, 1),
     "DISTILL.CE_WEIGHT": Range(0),
     "DISTILL.TEMPERATURE": Range(0, above=True),
@@ -346,6 +355,12 @@ RULES = {
     "DISTILL.PAT_FEEDBACK": ANY,
     "DISTILL.PAT_AFP_STAGES": List(Range(0, 64), (0, 64), ordered=True),
     "DISTILL.PAT_REG_WEIGHT": Range(0),
+    "DISTILL.FBT_PAIRS": List(OneOf("ts", "tf", "fs"), (1, 3)),
+    "DISTILL.FBT_INFONCE": ANY,
+    "DISTILL.FBT_OFA": ANY,
+    "DISTILL.FBT_L2G_BLOCK": ANY,
+    "DISTILL.FBT_DIM": Range(1, 65536),
+    "DISTILL.FBT_TEMPERATURE": Range(0, above=True),
     "DISTILL.DATW_MODE": OneOf("adaptive", "fixed", "vit_only", "cnn_only"),
     "DISTILL.DATW_CONFIDENCE": OneOf("true_class", "max_prob", "neg_entropy", "heldout_class"),
     "DISTILL.DATW_CALIBRATE": ANY,

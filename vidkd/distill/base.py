@@ -97,6 +97,11 @@ class Distiller(nn.Module):
         gradients)."""
         return {}
 
+    def evaluated_models(self):
+        """Models the method trains besides the student, by name (`{name: module}`, each taking the test input and
+        giving logits): the engine evaluates each beside the student and logs `test/<name>/<metric>`."""
+        return {}
+
     def teacher_targets(self, video):
         """What the method needs from its teachers for `video`, as a dict of tensors `[B, ...]` (what the
         teacher-output cache stores); a method whose teachers train, or whose targets change as it trains,

@@ -207,3 +207,12 @@ def crd_nce(v, bank, rows, tau):
 def bank_update(bank, rows, v, momentum):
     """In place: `M[i] <- normalise(m M[i] + (1 - m) v_i)` for each row i of `rows`."""
     bank[rows] = F.normalize(momentum * bank[rows] + (1 - momentum) * v.detach().float(), dim=1)
+
+
+def info_nce(a, b, scale):
+    """Symmetric InfoNCE between two views of one batch (the same image's pair positive, the batch's other items
+    negatives), batch mean: `(CE(s * a b^T, I) + CE(s * b a^T, I)) / 2` for unit vectors `a`, `b` `[B, D]` and
+    `s = 1 / tau`."""
+    logits = scale * a.float() @ b.float().T  # a_i . b_j / tau
+    labels = torch.arange(len(a), device=a.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

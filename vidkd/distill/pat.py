@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from vidkd.distill.base import Distiller
 from vidkd.distill.losses import hcl_loss, kd_loss
 from vidkd.errors import ConfigError
-from vidkd.models.taps import probe, to_grid
+from vidkd.models.taps import from_grid, probe, to_grid
 from vidkd.tasks import input_size
 
 MAP_LAYOUTS = ("NCHW", "NHWC")
@@ -147,16 +147,6 @@ def stage_inputs(model, size):
     return [shapes[name] for name in model.stage_names]
 
 
-def from_grid(grid, like, layout):
-    """A channels-first grid back in the layout of `like` (a class token of `like` is kept)."""
-    if layout == "NCHW":
-        return grid
-    if layout == "NHWC":
-        return grid.permute(0, 2, 3, 1)
-    n = grid.shape[2] * grid.shape[3]
-    return torch.cat([like[:, : like.shape[1] - n], grid.flatten(2).transpose(1, 2)], 1)
-
-
 class PAT(Distiller):
     tasks = ("image",)
 
@@ -201,7 +191,8 @@ class PAT(Distiller):
             if feedback is None or feedback.shape[0] != x.shape[0] or not self.cfg.PAT_FEEDBACK:
                 feedback = grid.new_zeros(x.shape[0], self.prompts[str(i)].fuse[0].in_channels - grid.shape[1],
                                           *grid.shape[2:])
-            return (from_grid(self.prompts[str(i)](grid, feedback), x, layout),) + args[1:]
+            prefix = x[:, : x.shape[1] - grid[0, 0].numel()] if layout == "tokens" else None  # a class token
+            return (from_grid(self.prompts[str(i)](grid, feedback), layout, prefix),) + args[1:]
 
         return hook
 

@@ -414,6 +414,10 @@ class Trainer:
                 metrics, _ = evaluate(self.eval_model(), self.test_loader, self.heads, self.device,
                                       show=self.rank == 0)
                 record.update({f"test/{k}": v for k, v in metrics.items()})
+                for name, model in self.distiller.evaluated_models().items():  # FBT's fusion model
+                    other, _ = evaluate(model, self.test_loader, self.heads, self.device, desc=name,
+                                        show=self.rank == 0)
+                    record.update({f"test/{name}/{k}": v for k, v in other.items()})
             record["seconds"] = time.time() - start
             self.history.append(record)
             if self.rank == 0:

@@ -44,6 +44,19 @@ def to_grid(output, layout, batch, token_grid=None):
     return output
 
 
+def from_grid(grid, layout, prefix=None):
+    """A channels-first grid `[B, C, H, W]` back in an image stage's `layout` (`to_grid`'s inverse); for tokens,
+    `prefix` `[B, P, C]` (a class token) goes in front."""
+    if layout == "NHWC":
+        return grid.permute(0, 2, 3, 1)
+    if layout == "tokens":
+        tokens = grid.flatten(2).transpose(1, 2)
+        return tokens if prefix is None else torch.cat([prefix, tokens], 1)
+    if layout == "NCHW":
+        return grid
+    raise ValueError(f"layout {layout}: not an image stage's (NCHW, NHWC, tokens)")
+
+
 def pool_embedding(embed_input, module, batch):
     """The embedding module's input as `[B, D]`: channels last for a Linear, dim 1 otherwise (a 1x1x1 conv
     classifier, a dropout before the classifier)."""
