@@ -116,6 +116,10 @@ def teacher_checkpoints(cfg):
     return ["MODEL.TEACHER_CHECKPOINTS", f"[{out}/teacher_vit/student.pt, {out}/teacher_cnn/student.pt]"]
 
 
+# what the ablation table shows beside top-1 where a run logged it: column -> (key of the last epoch's record, format)
+COLUMNS = {"w_ViT": ("stats/w_vit/mean", "{:.2f}"), "fusion model top-1": ("test/fusion/top1", "{:.1f}")}
+
+
 def train_or_reuse(config_path, overrides, out_dir):
     """Train one run, or reuse its results when a finished run with the same config is in `out_dir`."""
     cfg = load_config(config_path, overrides + ["OUTPUT_DIR", out_dir])
@@ -134,7 +138,7 @@ def train_or_reuse(config_path, overrides, out_dir):
     plot_history(trainer.history, os.path.join(out_dir, "curves.png"), out_dir)
     done = {"config": cfg.dump(), "metrics": metrics, "model": cfg.MODEL.STUDENT, "params_m": params,
             "method": cfg.DISTILL.METHOD, "minutes": (time.time() - start) / 60,
-            "w_vit": trainer.history[-1].get("stats/w_vit/mean")}
+            "columns": {column: trainer.history[-1].get(key) for column, (key, _) in COLUMNS.items()}}
     with open(results, "w") as f:
         json.dump(done, f)
     return done, False
@@ -183,16 +187,22 @@ def ablation(cfg, args, variants):
 
 def ablation_table(grid):
     """Markdown: per variant the mean and spread (sample standard deviation) of test top-1 over seeds, each
-    seed's top-1, and the mean DATW weight of the ViT in the last epoch."""
-    weights = any(r.get("w_vit") is not None for runs in grid.values() for r in runs)
-    lines = ["| variant | top-1, mean ± sd | per seed |" + (" w_ViT |" if weights else ""),
-             "|---|---|---|" + ("---|" if weights else "")]
+    seed's top-1, and the mean of each of COLUMNS that some run logged (the DATW weight of the ViT in the last
+    epoch, FBT's fusion model's top-1)."""
+    def logged(run, column):
+        return run.get("columns", {}).get(column)
+
+    shown = [c for c in COLUMNS if any(logged(r, c) is not None for runs in grid.values() for r in runs)]
+    lines = ["| variant | top-1, mean ± sd | per seed |" + "".join(f" {c} |" for c in shown),
+             "|---|---|---|" + "---|" * len(shown)]
     for name, runs in grid.items():
         top1 = [r["metrics"]["top1"] for r in runs]
         sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
-        w = [r["w_vit"] for r in runs if r.get("w_vit") is not None]
-        lines.append(f"| {name} | {statistics.mean(top1):.1f} ± {sd:.1f} | {' / '.join(f'{t:.1f}' for t in top1)} |"
-                     + (f" {f'{statistics.mean(w):.2f}' if w else '-'} |" if weights else ""))
+        line = f"| {name} | {statistics.mean(top1):.1f} ± {sd:.1f} | {' / '.join(f'{t:.1f}' for t in top1)} |"
+        for c in shown:
+            values = [logged(r, c) for r in runs if logged(r, c) is not None]
+            line += f" {COLUMNS[c][1].format(statistics.mean(values)) if values else '-'} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -248,7 +258,7 @@ def main(argv=None):
         with open(os.path.join(folder, "ablation.md"), "w") as f:
             f.write(table + "\n")
         with open(os.path.join(folder, "ablation.json"), "w") as f:
-            json.dump({name: [{"seed": i, "top1": r["metrics"]["top1"], "w_vit": r.get("w_vit")}
+            json.dump({name: [{"seed": i, "top1": r["metrics"]["top1"], **r.get("columns", {})}
                               for i, r in enumerate(results)] for name, results in grid.items()}, f, indent=1)
         plot_ablation(grid, os.path.join(folder, "ablation.png"))
         teachers = ", ".join(f"{what} {done['metrics']['top1']:.1f}" for what, done, _ in rows)
