@@ -72,7 +72,9 @@ def test_the_fusion_tail_is_a_trainable_copy_of_the_teachers_and_the_teacher_sta
         distiller.fusion._replacement = out["o"]
         assert torch.equal(copy(x[:1]), expected)
     distiller.fusion._replacement = None
-    distiller.train()
+    distiller.train()  # the tail trains in training mode, the frozen front stays in eval mode (its BN statistics)
+    assert {m.training for n, m in copy.named_modules() if any(n.startswith(t) for t in TAILS[teacher])} == {True}
+    assert distiller.fusion._frozen and not any(m.training for m in distiller.fusion._frozen)
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
     start = {n: p.detach().clone() for n, p in copy.named_parameters()}
     optimizer = torch.optim.SGD([p for p in distiller.parameters() if p.requires_grad], lr=0.1)

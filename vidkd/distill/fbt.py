@@ -117,15 +117,16 @@ class Fusion(nn.Module):
         self._frozen = [m for m in self.copy.modules()
                         if any(True for _ in m.parameters(recurse=False))
                         and not any(p.requires_grad for p in m.parameters(recurse=False))]
-        self.copy.train()
-        for m in self._frozen:
-            m.eval()
+        self.train()
         return shape
 
     def train(self, mode=True):
+        """Also the student's mode (the fusion model is evaluated on its stages); the copy's frozen modules stay
+        in eval mode (their batch-norm statistics stay the teacher's), each module alone: a frozen ViT holds its
+        trainable blocks."""
         super().train(mode)
         for m in self._frozen:
-            m.eval()  # the frozen part's batch-norm statistics stay the teacher's
+            m.training = False
         self._student_taps[0].model.train(mode)
         return self
 
