@@ -62,5 +62,16 @@ def test_taps_keep_nothing_outside_their_call_and_calls_do_not_share_outputs():
 def test_a_stage_output_not_of_its_declared_layout_is_refused_by_name():
     model = build_image_model("resnet_mini", 7, 32)
     model.stage_layout = "tokens"
-    with pytest.raises(ValueError, match=r"shape \(1, 16, 8, 8\) is not of its declared layout tokens"):
-        probe(model, (32, 32))
+    with pytest.raises(ValueError, match=r"net.layer1's input of shape \(1, 64, 8, 8\) is not of its declared layout "
+                                         r"tokens"):
+        probe(model, (32, 32))  # the first stage's input, before its output
+    with pytest.raises(ValueError, match=r"a stage output of shape \(1, 16, 8, 8\) is not of its declared layout"):
+        FeatureTaps(model.eval())(torch.zeros(1, 3, 32, 32))
+
+
+def test_probe_reads_each_stages_input_by_its_layout():
+    """A stage's input (what PAT's prompts go before): a ResNet's stem output (64 wide: timm's plain stem ignores
+    stem_width) then each stage's output; a DeiT's tokens on its 8 x 8 patch grid, the class token dropped."""
+    stages = probe(build_image_model("resnet_mini", 7, 32), (32, 32))["stages"]
+    assert [s["input"] for s in stages] == [(64, 8, 8), (16, 8, 8), (32, 4, 4), (64, 2, 2)]
+    assert [s["input"] for s in probe(build_image_model("deit_mini", 7, 32), (32, 32))["stages"]] == [(64, 8, 8)] * 4

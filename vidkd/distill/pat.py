@@ -129,24 +129,6 @@ class Prompt(nn.Module):
         return x + (self.beta * prompt).to(x.dtype)  # x + beta * prompt
 
 
-def stage_inputs(model, size):
-    """The channels-first grid shape `(C, H, W)` of each stage's input, from one dummy forward."""
-    shapes, hooks = {}, []
-    for name, layout in zip(model.stage_names, model.layouts()):
-        def keep(module, args, name=name, layout=layout):
-            shapes[name] = to_grid(args[0], layout, 1, model.token_grid).shape[1:]
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(keep))
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, *size, device=next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return [shapes[name] for name in model.stage_names]
-
-
 class PAT(Distiller):
     tasks = ("image",)
 
@@ -172,8 +154,8 @@ class PAT(Distiller):
         self.aligners = nn.ModuleList(Aligner(c.PAT_TOKENS, c.PAT_DIM, s, layout)
                                       for s, layout in zip(t_stages, layouts))
         self.afp_stages = sorted(set(c.PAT_AFP_STAGES)) if c.PAT_AFP else []
-        inputs = stage_inputs(teacher, size)
-        self.prompts = nn.ModuleDict({str(i): Prompt(inputs[i][0], t_stages[i]["channels"]) for i in self.afp_stages})
+        self.prompts = nn.ModuleDict({str(i): Prompt(t_stages[i]["input"][0], t_stages[i]["channels"])
+                                      for i in self.afp_stages})
         self.feedback = {}  # stage -> the last step's A_i(RAA(F_S))_i - F_T'_i, detached
         self._prompting = False
         self._hooks = [teacher.get_submodule(teacher.stage_names[i]).register_forward_pre_hook(self._prompt_hook(i))

@@ -27,10 +27,10 @@ LAYOUTS = {
 }
 
 
-def to_grid(output, layout, batch, token_grid=None):
-    """A stage output of `layout` as a channels-first grid."""
+def to_grid(output, layout, batch, token_grid=None, what="stage output"):
+    """A stage output (or input: `what`) of `layout` as a channels-first grid."""
     if output.dim() != LAYOUTS[layout]:
-        raise ValueError(f"a stage output of shape {tuple(output.shape)} is not of its declared layout {layout}")
+        raise ValueError(f"a {what} of shape {tuple(output.shape)} is not of its declared layout {layout}")
     if layout == "BT_CHW":
         bt, c, h, w = output.shape
         return output.view(batch, bt // batch, c, h, w).transpose(1, 2)
@@ -104,18 +104,31 @@ class FeatureTaps:
 
 @torch.no_grad()
 def probe(model, size):
-    """`{"stages": [{"name", "channels", "grid", "stride"}], "embed_dim"}` from one dummy forward of a
-    `[1, 3, *size]` input (`size`: (T, H, W) for a video model, (H, W) for an image model)."""
+    """`{"stages": [{"name", "channels", "grid", "stride", "input"}], "embed_dim"}` from one dummy forward of a
+    `[1, 3, *size]` input (`size`: (T, H, W) for a video model, (H, W) for an image model); `input`: the shape
+    `(C, *grid)` of the stage's input, read by the stage's layout (a two-pathway stage's slow pathway)."""
     was_training = model.training
     model.eval()
-    taps = FeatureTaps(model)
+    taps, inputs = FeatureTaps(model), {}
+
+    def keep_input(name, layout):
+        def hook(module, args):
+            x = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
+            inputs[name] = tuple(to_grid(x, layout, 1, model.token_grid, f"{name}'s input").shape[1:])
+
+        return hook
+
+    hooks = [model.get_submodule(name).register_forward_pre_hook(keep_input(name, layout))
+             for name, layout in zip(model.stage_names, model.layouts())]
     try:
         device = next(model.parameters()).device
         _, features, embedding = taps(torch.zeros(1, 3, *size, device=device))
     finally:
         taps.remove()
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)
     stages = [{"name": name, "channels": f.shape[1], "grid": tuple(f.shape[2:]),
-               "stride": tuple(round(s / n) for s, n in zip(size, f.shape[2:]))}
+               "stride": tuple(round(s / n) for s, n in zip(size, f.shape[2:])), "input": inputs[name]}
               for name, f in zip(model.stage_names, features)]
     return {"stages": stages, "embed_dim": embedding.shape[1]}
