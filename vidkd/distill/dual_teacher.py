@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vidkd.distill.base import Distiller
+from vidkd.distill.blocks import SqueezeExcite
 from vidkd.distill.losses import kd_loss, kl_per_sample, match_grid, rkd_loss
 from vidkd.errors import ConfigError, DataError
 from vidkd.models.taps import probe
@@ -102,23 +103,12 @@ class Projection(nn.Module):
         return F.conv3d(f, self.weight.to(f.dtype))  # phi(f)
 
 
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels, reduction=4):
-        super().__init__()
-        hidden = max(channels // reduction, 8)
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Conv3d(channels, hidden, 1), nn.ReLU(inplace=True),
-                                  nn.Conv3d(hidden, channels, 1), nn.Sigmoid())
-
-    def forward(self, x):
-        return x * self.gate(x)
-
-
 def discrepancy_branch(channels, dim):
     """g_aux: depthwise-separable 3D conv + squeeze-excitation + 1x1x1 conv to width d."""
     return nn.Sequential(
         nn.Conv3d(channels, channels, 3, padding=1, groups=channels, bias=False),
         nn.Conv3d(channels, channels, 1, bias=False), nn.BatchNorm3d(channels), nn.ReLU(inplace=True),
-        SqueezeExcite(channels), nn.Conv3d(channels, dim, 1),
+        SqueezeExcite(channels, 3, 8), nn.Conv3d(channels, dim, 1),
     )
 
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerBlock
 
 from vidkd.distill.base import Distiller, input_in_weight_dtype
+from vidkd.distill.blocks import heads_for
 from vidkd.distill.losses import info_nce, ofa_loss
-from vidkd.distill.ofa import heads_for
 from vidkd.engine.ema import plain_copy
 from vidkd.errors import ConfigError
 from vidkd.models.taps import from_grid, pool_embedding, probe

@@ -15,14 +15,10 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 from vidkd.distill.base import Distiller
+from vidkd.distill.blocks import LAYERS, heads_for
 from vidkd.distill.losses import ofa_loss
 from vidkd.models.taps import probe
 from vidkd.tasks import input_size
-
-
-# per grid dimensions (3: T, H, W; 2: H, W): convolution, batch norm, pooling, stride 2 in space only
-LAYERS = {3: (nn.Conv3d, nn.BatchNorm3d, nn.AdaptiveAvgPool3d, (1, 2, 2)),
-          2: (nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d, 2)}
 
 
 def separable_block(c_in, c_out, dims):
@@ -58,14 +54,6 @@ class PatchMerging(nn.Module):
         h, w = x.shape[-2:]
         x = self.reduce(F.pad(x, (0, w % 2, 0, h % 2)))
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
-
-
-def heads_for(width):
-    """Attention heads of width about 32 that divide `width`."""
-    heads = max(1, width // 32)
-    while width % heads:
-        heads -= 1
-    return heads
 
 
 class TokenExit(nn.Module):

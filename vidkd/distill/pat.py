@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from vidkd.distill.base import Distiller
+from vidkd.distill.blocks import SqueezeExcite
 from vidkd.distill.losses import hcl_loss, kd_loss
 from vidkd.errors import ConfigError
 from vidkd.models.taps import from_grid, probe, to_grid
@@ -99,17 +100,6 @@ def groups_of(channels):
     return next(g for g in (8, 4, 2, 1) if channels % g == 0)
 
 
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        hidden = max(channels // 4, 4)
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
-
-    def forward(self, x):
-        return x * self.gate(x)
-
-
 class Prompt(nn.Module):
     """AFP's block for one teacher stage of input width `c` and output width `c_out` (the feedback's)."""
 
@@ -118,7 +108,7 @@ class Prompt(nn.Module):
         g = groups_of(c)
         self.fuse = nn.Sequential(nn.Conv2d(c + c_out, c, 1), nn.Conv2d(c, c, 5, padding=2), nn.Conv2d(c, c, 1))
         self.prompt = nn.Sequential(nn.Conv2d(c, c, 1, groups=g), nn.Conv2d(c, c, 5, padding=2, groups=c),
-                                    nn.Conv2d(c, c, 1), SqueezeExcite(c), nn.Conv2d(c, c, 1, groups=g))
+                                    nn.Conv2d(c, c, 1), SqueezeExcite(c, 2, 4), nn.Conv2d(c, c, 1, groups=g))
         self.beta = nn.Parameter(torch.zeros(1))  # 0: an untrained prompt leaves the teacher as it is (1-D: DeepSpeed
         # broadcasts parameters as bytes, which a 0-D tensor cannot be viewed as)
 
