@@ -163,3 +163,31 @@ def test_missing_and_empty_checkpoints(tmp_path):
     (tmp_path / "ds").mkdir()
     with pytest.raises(CheckpointError, match="neither a 'latest' file"):
         read_state_dict(str(tmp_path / "ds"))
+
+
+def test_keys_added_to_vidkd_since_a_checkpoint_differ_only_off_their_defaults():
+    import yaml
+
+    from vidkd.config import load_config
+    from vidkd.config.defaults import get_defaults
+    from vidkd.engine.checkpointing import config_differences
+
+    now = get_defaults().dump()
+    saved = yaml.safe_load(now)
+    for key in ("FBT_DIM", "FBT_PAIRS"):  # as a checkpoint written before FBT holds its config
+        del saved["DISTILL"][key]
+    saved = yaml.safe_dump(saved)
+    assert config_differences(saved, now) == {}
+    assert config_differences(saved, load_config(None, ["DISTILL.FBT_DIM", "64"]).dump()) == {
+        "DISTILL.FBT_DIM": (None, 64)}
+
+
+def test_the_meters_of_a_mid_epoch_checkpoint_from_before_generic_stats_are_upgraded():
+    from vidkd.engine.trainer import upgrade_meters
+
+    old = {"sums": {"loss/ce": 1.5}, "count": 2, "w_vit": torch.tensor([0.25, 0.75]), "failures": {}, "skipped": 0}
+    new = upgrade_meters(old)
+    assert sorted(new) == ["count", "failures", "skipped", "stats", "sums"] and new["sums"] == {"loss/ce": 1.5}
+    assert list(new["stats"]) == ["w_vit"] and torch.equal(new["stats"]["w_vit"], torch.tensor([0.25, 0.75]))
+    assert upgrade_meters({**old, "w_vit": torch.zeros(0)})["stats"] == {}  # a method without the weight
+    assert upgrade_meters(new) is new

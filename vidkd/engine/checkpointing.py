@@ -14,7 +14,9 @@ counted among the kept checkpoints). Every file resume reads is read without run
 files and DeepSpeed's own files by torch's weights-only reader (DeepSpeed's loader is given a checkpoint engine
 that reads so), so a run folder from elsewhere cannot run code; the manifest is an integrity check, not the
 security boundary. A checkpoint written with another config is refused, naming the keys
-that differ, unless they are among RESUMABLE_CHANGES (schedule length, periods, loader and decoder settings).
+that differ, unless they are among RESUMABLE_CHANGES (schedule length, periods, loader and decoder settings); a
+key vidkd added after the checkpoint was written, at its default (which keeps what the checkpoint's run did), is no
+difference.
 """
 import json
 import logging
@@ -29,6 +31,7 @@ from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 
+from vidkd.config.defaults import get_defaults
 from vidkd.engine import distributed
 from vidkd.errors import CheckpointError, ConfigError
 from vidkd.hashing import sha256_of_files
@@ -167,7 +170,8 @@ def damage(folder, manifest):
 
 
 def config_differences(saved_text, current_text):
-    """Keys (dotted) whose values differ between two config dumps, except RESUMABLE_CHANGES: {key: (saved, now)}."""
+    """Keys (dotted) whose values differ between two config dumps, except RESUMABLE_CHANGES and keys the saved
+    dump lacks that are now at their defaults (added to vidkd since): {key: (saved, now)}."""
     def flat(node, prefix=""):
         out = {}
         for k, v in node.items():
@@ -175,8 +179,10 @@ def config_differences(saved_text, current_text):
         return out
 
     saved, now = flat(yaml.safe_load(saved_text)), flat(yaml.safe_load(current_text))
+    defaults = flat(yaml.safe_load(get_defaults().dump()))
     return {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys())
-            if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES}
+            if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+            and not (k not in saved and k in defaults and now[k] == defaults[k])}
 
 
 def resume_point(folder, config_text):

@@ -64,6 +64,15 @@ def param_groups(module, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def upgrade_meters(meters):
+    """The meters of an epoch in progress as this version keeps them: checkpoints written before methods' stats
+    were generic hold the dual teacher's `w_vit` beside the sums, not under `stats`."""
+    if "stats" in meters:
+        return meters
+    old = {k: v for k, v in meters.items() if k != "w_vit"}
+    return {**old, "stats": {"w_vit": meters["w_vit"]} if len(meters["w_vit"]) else {}}
+
+
 def lr_factor(step, warmup, total, base, minimum):
     """Linear warm-up to `base`, then cosine decay to `minimum`, as a factor of `base` (for LambdaLR)."""
     if step < warmup:
@@ -264,7 +273,7 @@ class Trainer:
             own = checkpointing.load_rank_state(self.checkpoints, manifest["tag"], self.rank)
             self.distiller.load_method_state(own.get("method", {}))
         if self.position["batch"]:
-            self.meters = own["meters"]
+            self.meters = upgrade_meters(own["meters"])
             with torch.no_grad():  # this rank's batch-norm statistics of the epoch in progress
                 for name, buffer in self._rank_buffers().items():
                     buffer.copy_(own["buffers"][name])
