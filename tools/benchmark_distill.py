@@ -6,17 +6,24 @@
 4. the method from the teacher-output cache (targets read from memory-mapped fp16 files, as in training).
 
 Prints clips/s and peak memory of each, the method's training-only parameters (what it trains beyond the
-student: exits, aligners, prompts), and the two ratios of issue 6: `live / (student + teachers)` (target <= 1.10:
+student: exits, aligners, prompts, FBT's fusion tail; not a frozen copy), and the two ratios of issue 6: `live / (student + teachers)` (target <= 1.10:
 the method adds little beyond the models it runs) and `cached / student` (target <= 1.15). `--compare kd ...`
 also times other methods live on the same batches (PAT against KD: `live / KD live`). Clips, or images with
 TASK image.
 
     python tools/benchmark_distill.py --config configs/demo/synthetic.yaml [--steps 20] [KEY VALUE ...]
     python tools/benchmark_distill.py --config configs/image/pat/synthetic_frames.yaml --compare kd
+
+On the CPU, peak memory is how far the resident memory rises during a step, measured in a second process (the same
+steps) in which glibc's mmap threshold is fixed, so that every freed tensor leaves the process: the default
+allocator keeps freed memory, so the rise would show only the largest step's first allocations. The times come from
+this process, with the default allocator (mmapping every tensor slows every step).
 """
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -30,6 +37,9 @@ from vidkd.engine.trainer import build_models, param_groups
 from vidkd.errors import ConfigError
 from vidkd.profiling.latency import measure_steps
 from vidkd.tasks import input_size
+
+
+MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc reads it at start-up: bytes above which a block is mmapped (fixed)
 
 
 def batches(cfg, heads, steps, device):
@@ -73,11 +83,22 @@ def training_step(distiller, cfg, cache=None):
     return step
 
 
+def memory_pass(argv):
+    """The peaks of the same steps, from a process with glibc's mmap threshold fixed at 128 KB."""
+    argv = sys.argv[1:] if argv is None else argv
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--peaks-only", *argv], capture_output=True,
+                          text=True, env={**os.environ, MMAP_ENV: "131072"})
+    if proc.returncode:
+        raise RuntimeError(f"the memory pass failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 3 untimed)")
     p.add_argument("--compare", nargs="*", default=[], help="other DISTILL.METHODs to time live on the same batches")
+    p.add_argument("--peaks-only", action="store_true", help=argparse.SUPPRESS)  # the memory pass: JSON of peaks
     p.add_argument("overrides", nargs="*", help="KEY VALUE pairs overriding the config")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides + ["DISTILL.CACHE", "live"])
@@ -107,12 +128,18 @@ def main(argv=None):
         others = {name: distiller(name) for name in args.compare}
         steps.update({f"{name}, live": training_step(d, cfg) for name, d in others.items()})
         rows = measure_steps(steps, data, device)
+    if args.peaks_only:
+        print(json.dumps({name: peak for name, (_, peak) in rows.items()}))
+        return 0
+    if device.type == "cpu":
+        rows = {name: (ms, peak) for (name, (ms, _)), peak in zip(rows.items(), memory_pass(argv).values())}
     b, width = cfg.TRAIN.BATCH_SIZE, max(map(len, rows))
     shape = "x".join(map(str, input_size(cfg)))
     print(f"\n{cfg.MODEL.STUDENT} <- {', '.join(cfg.MODEL.TEACHERS)}; batch {b} x {shape}px, median of "
           f"{args.steps} steps on {device}")
     print(f"{'':<{width}}  {'inputs/s':>9}  {'ms/step':>9}  {'peak MB':>8}  {'training-only params (M)':>24}")
-    extra = {f"{name}, {how}": sum(p.numel() for n, p in d.named_parameters() if not n.startswith("student.")) / 1e6
+    extra = {f"{name}, {how}": sum(p.numel() for n, p in d.named_parameters()
+                                   if p.requires_grad and not n.startswith("student.")) / 1e6
              for name, d in [(cfg.DISTILL.METHOD, method), *others.items()] for how in ("live", "cached")}
     for name, (ms, peak) in rows.items():
         print(f"{name:<{width}}  {1e3 * b / ms:>9.1f}  {ms:>9.1f}  {peak:>8.0f}  "
