@@ -329,3 +329,20 @@ def test_info_nce_by_hand():
     assert L.info_nce(a, b, 2.0).item() == pytest.approx((rows / 2 + columns / 2) / 2, rel=1e-6)
     same = torch.eye(3)  # aligned pairs, far apart: each CE is log(1 + 2 e^{-s})
     assert L.info_nce(same, same, 5.0).item() == pytest.approx(math.log(1 + 2 * math.exp(-5)), rel=1e-6)
+
+
+def test_iled_by_hand():
+    """cos = 0.6 and 1.0 (r 10, s 0.9, b 0.1): (log(1 + e^{3}) / 10 + 0.04 + log(1 + e^{-1}) / 10) / 2."""
+    e_s = torch.tensor([[0.6, 0.8], [2.0, 0.0]])
+    e_t = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # norms do not matter
+    want = (math.log(1 + math.exp(3)) / 10 + 0.1 * 0.4 + math.log(1 + math.exp(-1)) / 10) / 2
+    assert L.iled_loss(e_s, e_t, r=10, s=0.9, b=0.1).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_rpsd_by_hand():
+    """One sample, a bank of two: S_s = [0.6, 0.8], S_t = [1, 0] -> delta [0.4, 0.8]; r 10, t 0.05, b 1."""
+    e_s, e_t = torch.tensor([[0.6, 0.8]]), torch.tensor([[1.0, 0.0]])
+    bank = torch.eye(2)
+    want = (math.log(1 + math.exp(10 * 0.35)) + math.log(1 + math.exp(10 * 0.75))) / 10 / 2
+    assert L.rpsd_loss(e_s, e_t, bank, bank, r=10, t=0.05, b=1.0).item() == pytest.approx(want, rel=1e-6)
+    assert L.rpsd_loss(e_t, e_t, bank, bank, r=60, t=0.05).item() < 1e-2  # the same relations: near 0

@@ -1,5 +1,6 @@
 """The restricted pickle reader: plain data and numpy arrays load; anything that could run code is refused
 before it runs; a corrupt file gives one clear error naming it."""
+import codecs
 import os
 import pickle
 import tempfile
@@ -36,11 +37,31 @@ def assert_same(a, b):
         assert a == b
 
 
-@pytest.mark.parametrize("protocol", [3, 4, 5])
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
 def test_plain_data_round_trips(tmp_path, protocol):
-    data = {"a": [1, 2.5, "x", b"\x00\xff", None, True], "t": (1, (2,)), "s": {1, 2}, "f": frozenset("ab"),
+    """Protocols 0-2 store Python 3's bytes through `_codecs.encode` and `bytes()`, bytearrays through
+    `bytearray(text, "latin-1")`: guards that take those arguments only."""
+    data = {"a": [1, 2.5, "x", b"\x00\xff", b"", None, True], "t": (1, (2,)), "s": {1, 2}, "f": frozenset("ab"),
             "c": 1 - 2j, "ba": bytearray(b"xy"), 3: {"nested": [{"deep": -(10**30)}]}}
     assert safe_pickle.load(dumped(tmp_path, data, protocol)) == data
+
+
+class Call:
+    """Pickles as `fn(*args)`."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("call, name", [(Call(bytes, 10**12), "builtins.bytes called with arguments"),
+                                        (Call(bytearray, 10**12), "builtins.bytearray with arguments"),
+                                        (Call(codecs.encode, "x", "rot13"), "_codecs.encode with arguments")])
+def test_the_bytes_guards_take_only_plain_datas_arguments(tmp_path, call, name):
+    with pytest.raises(UnsafePickleError, match=name):  # nothing allocated: refused before the call
+        safe_pickle.load(dumped(tmp_path, [call], 2))
 
 
 @pytest.mark.parametrize("protocol", [3, 4, 5])

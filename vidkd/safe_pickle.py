@@ -2,8 +2,9 @@
 
 `pickle.load` calls whatever callables a pickle names (`os.system`, `open`, ...). This reader resolves only
 the names below and refuses any other with UnsafePickleError, naming the file and the `module.name`, before
-anything is called. Bytes need protocol 3 or later (protocols 0-2 store them through `_codecs.encode`,
-which is refused). Torch checkpoints are read by `torch.load(..., weights_only=True)`, torch's own
+anything is called. Bytes that Python 3 wrote at protocols 0-2 come through `_codecs.encode(text, "latin1")` and
+`bytes()` (empty): both are resolved to guards that take exactly those arguments and refuse any other (`bytes(n)`
+would allocate n bytes). Torch checkpoints are read by `torch.load(..., weights_only=True)`, torch's own
 restricted reader; every other pickle vidkd reads goes through `load` here.
 """
 import io
@@ -14,13 +15,18 @@ from numpy._core import multiarray, numeric
 
 from vidkd.errors import CheckpointError, UnsafePickleError
 
-# Builtins that plain-data pickles name: sets before protocol 4, complex numbers, bytearrays before protocol 5.
-PLAIN = {("builtins", t.__name__): t for t in (set, frozenset, complex, bytearray)}
+# Builtins that plain-data pickles name: sets before protocol 4, complex numbers (bytearrays before protocol 5: a
+# guard, as `bytearray(n)` would allocate n bytes); `__builtin__` is their module's name in Python 2 and at
+# protocols 0-2.
+PLAIN = {(module, t.__name__): t for module in ("builtins", "__builtin__") for t in (set, frozenset, complex)}
 # What numpy arrays, dtypes and scalars pickle as: `_reconstruct` then ndarray.__setstate__ (protocols 2-4),
 # `_frombuffer` (protocol 5); numpy 1 wrote `numpy.core`, numpy 2 writes `numpy._core`. Each is resolved to a
 # guard below: arrays, scalars and dtypes are built only through these paths and only with NUMERIC dtypes (an
 # object array or scalar holds pointers, which a pickle can forge: touching one crashes the process).
-NUMERIC = "biufc"  # bool, signed and unsigned integers, floats, complex
+NUMERIC = "biufc"
+# Python 3's bytes at protocols 0-2 (`__builtin__`: the name Python 3 writes for builtins there)
+BYTES_NAMES = {("_codecs", "encode"): "encode", ("builtins", "bytes"): "bytes", ("__builtin__", "bytes"): "bytes",
+               ("builtins", "bytearray"): "bytearray", ("__builtin__", "bytearray"): "bytearray"}  # bool, signed and unsigned integers, floats, complex
 NUMPY_NAMES = {("numpy", "ndarray"): "ndarray", ("numpy", "dtype"): "dtype"}
 for _core in ("numpy.core", "numpy._core"):
     NUMPY_NAMES.update({(f"{_core}.multiarray", "_reconstruct"): "_reconstruct",
@@ -56,14 +62,37 @@ class _Unpickler(pickle._Unpickler):
         super().__init__(file, encoding=encoding)
         self.path, self.allow_numpy = path, allow_numpy
         self.guards = {"ndarray": self._ndarray_called, "dtype": self._dtype, "_reconstruct": self._reconstruct,
-                       "scalar": self._scalar, "_frombuffer": self._frombuffer}
+                       "scalar": self._scalar, "_frombuffer": self._frombuffer, "encode": self._encode,
+                       "bytes": self._empty_bytes, "bytearray": self._bytearray}
 
     def find_class(self, module, name):
         if (module, name) in PLAIN:
             return PLAIN[module, name]
         if self.allow_numpy and (module, name) in NUMPY_NAMES:
             return self.guards[NUMPY_NAMES[module, name]]
+        if (module, name) in BYTES_NAMES:
+            return self.guards[BYTES_NAMES[module, name]]
         raise UnsafePickleError(self.path, f"{module}.{name}")
+
+    def _encode(self, *args):
+        """`_codecs.encode(text, "latin1")`: Python 3's bytes pickled at protocols 0-2."""
+        if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
+            raise UnsafePickleError(self.path, "_codecs.encode with arguments other than (text, 'latin1')")
+        return args[0].encode("latin1")
+
+    def _empty_bytes(self, *args):
+        """`bytes()`: Python 3's empty bytes pickled at protocols 0-2."""
+        if args:
+            raise UnsafePickleError(self.path, "builtins.bytes called with arguments (only bytes() is plain data)")
+        return b""
+
+    def _bytearray(self, *args):
+        """`bytearray(data)` (protocols 3-4) or `bytearray(text, "latin-1")` (0-2), nothing else."""
+        if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+            return bytearray(args[0])
+        if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
+            return bytearray(args[0], "latin1")
+        raise UnsafePickleError(self.path, "builtins.bytearray with arguments other than its data")
 
     def _numeric(self, dtype, what):
         if not isinstance(dtype, numpy.dtype) or dtype.kind not in NUMERIC or dtype.hasobject:

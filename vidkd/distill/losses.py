@@ -216,3 +216,21 @@ def info_nce(a, b, scale):
     logits = scale * a.float() @ b.float().T  # a_i . b_j / tau
     labels = torch.arange(len(a), device=a.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+# --- face embeddings (METHODS.md 6) -----------------------------------------------------------------------------
+
+def iled_loss(e_s, e_t, r=40.0, s=0.9, b=0.1):
+    """ILED, batch mean: `(1 / r) log(1 + exp(r (s - cos_i))) + b (1 - cos_i)`, `cos_i = <e_s,i, e_t,i>` of the
+    L2-normalised embeddings: a soft hinge at s whose gradient goes mostly to the hard samples (low cos_i)."""
+    cos = (F.normalize(e_s.float(), dim=1) * F.normalize(e_t.float(), dim=1)).sum(1)
+    return (F.softplus(r * (s - cos)) / r + b * (1 - cos)).mean()
+
+
+def rpsd_loss(e_s, e_t, bank_s, bank_t, r=60.0, t=0.05, b=1.0):
+    """RPSD, mean over the `B x M` pairs: `(b / r) log(1 + exp(r (delta - t)))`, `delta = |E_s M_s^T - E_t M_t^T|`:
+    each sample's similarities to the memory bank's past embeddings (`bank_s`, `bank_t` `[M, D]`, unit vectors),
+    the student's against the teacher's."""
+    sim_s = F.normalize(e_s.float(), dim=1) @ bank_s.float().T  # S_s = E_s M_s^T
+    sim_t = F.normalize(e_t.float(), dim=1) @ bank_t.float().T  # S_t = E_t M_t^T
+    return (b / r * F.softplus(r * ((sim_s - sim_t).abs() - t))).mean()

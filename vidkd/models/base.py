@@ -17,7 +17,8 @@ from vidkd.tasks import input_size
 
 MODELS = {}  # video models
 IMAGE_MODELS = {}
-REGISTRIES = {"video": MODELS, "image": IMAGE_MODELS}
+FACE_MODELS = {}  # face recognition: image -> embedding (the face task is being built: issue 19)
+REGISTRIES = {"video": MODELS, "image": IMAGE_MODELS, "face": FACE_MODELS}
 
 
 def register(name, task="video"):
