@@ -131,3 +131,28 @@ def test_profile_net_profiles_image_models(tmp_path):
         direct = count_flops(build_image_model(name, 400, 32), (1, 3, 32, 32))
         assert report["models"][name]["gflops"] == pytest.approx(direct["gflops"])
     assert report["distillation"]["ratio"] > 1
+
+
+def test_benchmark_distill_times_fbt_against_kd_with_its_training_only_parameters():
+    """tools/benchmark_distill.py on the frame-level FBT config (random images): a row per step, the CPU peaks from
+    its second pass (rising above 0 with the steps' tensors), and FBT's trainable parameters beyond the student
+    (L2G, the fusion tail, the projections and the temperature; not the copy's frozen front)."""
+    from vidkd.config import load_config
+    from vidkd.distill.build import build_distiller
+    from vidkd.engine.trainer import build_models
+
+    config = "configs/image/fbt/synthetic_frames.yaml"
+    cmd = [sys.executable, "tools/benchmark_distill.py", "--config", config, "--steps", "1", "DISTILL.FBT_DIM", "16",
+           "--compare", "kd"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line[:20].strip(): line[20:].split() for line in proc.stdout.splitlines()
+            if line[:20].strip() in ("student alone", "teachers' forward", "fbt, live", "fbt, cached", "kd, live")}
+    assert len(rows) == 5 and all(float(r[2]) > 0 for r in rows.values())  # inputs/s, ms/step, peak MB, params
+    cfg = load_config(os.path.join(ROOT, config), ["DISTILL.FBT_DIM", "16"])
+    distiller = build_distiller(cfg, *build_models(cfg, {"label": 400}), {"label": 400})
+    trained = sum(p.numel() for n, p in distiller.named_parameters() if p.requires_grad and not n.startswith("student."))
+    frozen = sum(p.numel() for p in distiller.fusion.copy.parameters() if not p.requires_grad)
+    assert float(rows["fbt, live"][3]) == pytest.approx(trained / 1e6, abs=0.005) and frozen > 0
+    assert rows["kd, live"][3] == "0.00" and "fbt live / kd live" in proc.stdout
