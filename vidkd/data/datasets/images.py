@@ -114,9 +114,9 @@ def read_cifar_names(path, key):
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def parse_image_folder(root, dataset, split, names=None):
+def parse_image_folder(root, dataset, split, names=None, extensions=IMAGE_EXTENSIONS):
     """A manifest of `<root>/<class>/<image>` (class folders in sorted order, or `names`); files of other
-    types are left out."""
+    types (not ending in one of `extensions`) are left out."""
     if not os.path.isdir(root):
         raise AnnotationError(root, 0, "not a folder of class folders")
     names = names or sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
@@ -126,8 +126,8 @@ def parse_image_folder(root, dataset, split, names=None):
         if not os.path.isdir(folder):
             raise AnnotationError(root, 0, f"class folder {name!r} is missing")
         for image in sorted(os.listdir(folder)):
-            if image.lower().endswith(IMAGE_EXTENSIONS):
+            if image.lower().endswith(extensions):
                 samples.append(VideoRecord(f"{name}/{image}", f"{name}/{image}", {"label": label}))
     if not samples:
-        raise AnnotationError(root, 0, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+        raise AnnotationError(root, 0, f"no images ({', '.join(extensions)}) in its class folders")
     return Manifest(dataset, split, os.path.abspath(root), {"label": list(names)}, samples)
