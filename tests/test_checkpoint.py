@@ -180,6 +180,9 @@ def test_keys_added_to_vidkd_since_a_checkpoint_differ_only_off_their_defaults()
     assert config_differences(saved, now) == {}
     assert config_differences(saved, load_config(None, ["DISTILL.FBT_DIM", "64"]).dump()) == {
         "DISTILL.FBT_DIM": (None, 64)}
+    older = yaml.safe_load(saved)
+    del older["MODEL"]["TEACHER_AUTOCAST"]  # a key whose default changed what earlier runs did: still a difference
+    assert config_differences(yaml.safe_dump(older), now) == {"MODEL.TEACHER_AUTOCAST": (None, True)}
 
 
 def test_the_meters_of_a_mid_epoch_checkpoint_from_before_generic_stats_are_upgraded():

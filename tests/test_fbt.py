@@ -39,7 +39,7 @@ def test_the_fusion_model_runs_on_the_students_own_stage_parameters(student):
     distiller = fbt("deit_mini", student)
     s, x = distiller.student, batch()["input"]
     _, features, _ = distiller.student_taps(x)
-    logits, embedding = distiller.fusion.from_stage(features[-2], x)
+    logits, embedding = distiller.fusion.from_stage(features[-2])
     assert logits.shape == (4, 4) and embedding.shape == (4, 64)  # the teacher's classes and width
     logits.sum().backward()
     reached = {id(p) for p in s.parameters() if p.grad is not None}
@@ -123,6 +123,8 @@ def test_the_ablation_switches_remove_what_they_name():
     no_nce = fbt("deit_mini", "resnet_mini", "DISTILL.FBT_INFONCE", "False")
     assert not hasattr(no_nce, "project") and set(no_nce(batch())[1]) == {"ce", "ofa"}
     assert set(fbt("deit_mini", "resnet_mini", "DISTILL.FBT_OFA", "False")(batch())[1]) == {"ce", "infonce"}
+    no_tf = fbt("deit_mini", "resnet_mini", "DISTILL.FBT_PAIRS", "[ts, fs]")  # (C): F is built but learns nothing
+    assert not any(p.requires_grad for p in no_tf.fusion.parameters()) and no_tf.project["f"].weight.requires_grad
     no_fusion = fbt("deit_mini", "resnet_mini", "DISTILL.FBT_PAIRS", "[ts]")  # no pair names F: none is built
     assert no_fusion.fusion is None and no_fusion.evaluated_models() == {} and sorted(no_fusion.project) == ["s", "t"]
     with pytest.raises(ConfigError, match="DISTILL.FBT_PAIRS"):
@@ -158,3 +160,16 @@ def test_the_fusion_model_is_evaluated_as_the_student_is():
         hits = (distiller.fusion(b["input"]).argmax(1) == b["targets"]["label"]).float().mean().item()
     assert name == "fusion" and metrics["top1"] == pytest.approx(100 * hits)
     assert not distiller.student.training  # evaluated in eval mode, the student's stages included
+    with torch.no_grad():  # a test crop other than the training crop: L2G resizes the student's map
+        assert distiller.fusion(torch.randn(2, 3, 48, 48)).shape == (2, 4)
+
+
+def test_the_copy_does_not_inherit_the_teachers_autocast():
+    from vidkd.models.fast import speed_up
+
+    cfg = load_config(None, ["TASK", "image", "DISTILL.METHOD", "fbt", "DATA.TRAIN_CROP_SIZE", str(CROP),
+                             "MODEL.TEACHERS", "[deit_mini]"])
+    teacher = speed_up(build_image_model("deit_mini", 4, CROP), cfg.MODEL, teacher=True)
+    assert "forward" in teacher.__dict__  # MODEL.TEACHER_AUTOCAST: bf16 autocast on a GPU, for the frozen teacher
+    distiller = build_distiller(cfg, build_image_model("resnet_mini", 4, CROP), [teacher], {"label": 4})
+    assert "forward" not in distiller.fusion.copy.__dict__  # the copy trains in the training precision

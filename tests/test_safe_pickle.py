@@ -183,3 +183,24 @@ def test_random_bytes_give_a_value_or_the_one_error(content, allow_numpy):
         except CheckpointError as e:
             assert str(e).startswith(f"{path}: "), str(e)
 
+
+
+@pytest.mark.parametrize("make", [lambda big: Call(codecs.encode, big, "latin1"), lambda big: Call(set, list(big)),
+                                  lambda big: Call(bytearray, big, "latin-1")])
+def test_calls_repeated_on_one_remembered_argument_cannot_multiply_the_file(tmp_path, make):
+    """A 100 kB argument, remembered once and passed to 300 calls, would build 300 times its size: refused once
+    the guards have built 4 items per byte of the file (plus 1 Mi)."""
+    big = "x" * 100_000
+    shared = make(big).args[0]
+    calls = [Call(make(big).fn, shared, *make(big).args[1:]) for _ in range(300)]
+    with pytest.raises(UnsafePickleError, match="more data built by calls than the file's size allows"):
+        safe_pickle.load(dumped(tmp_path, calls, 2))
+    assert safe_pickle.load(dumped(tmp_path, calls[:3], 2))  # a few are plain data
+
+
+def test_an_empty_bytearray_and_python_2s_bytearray_read(tmp_path):
+    assert safe_pickle.load(dumped(tmp_path, [bytearray()], 2)) == [bytearray()]
+    # Python 2 pickles bytearray(u"xy", "latin-1"); with Python 2 strings kept as bytes the encoding is b"latin-1"
+    with open(tmp_path / "py2.pkl", "wb") as f:
+        pickle.dump(Call(bytearray, "xy", b"latin-1"), f, protocol=2)
+    assert safe_pickle.load(str(tmp_path / "py2.pkl"), encoding="bytes") == bytearray(b"xy")

@@ -132,7 +132,8 @@ def main(argv=None):
         print(json.dumps({name: peak for name, (_, peak) in rows.items()}))
         return 0
     if device.type == "cpu":
-        rows = {name: (ms, peak) for (name, (ms, _)), peak in zip(rows.items(), memory_pass(argv).values())}
+        peaks = memory_pass(argv)
+        rows = {name: (ms, peaks[name]) for name, (ms, _) in rows.items()}
     b, width = cfg.TRAIN.BATCH_SIZE, max(map(len, rows))
     shape = "x".join(map(str, input_size(cfg)))
     print(f"\n{cfg.MODEL.STUDENT} <- {', '.join(cfg.MODEL.TEACHERS)}; batch {b} x {shape}px, median of "

@@ -15,18 +15,21 @@ from numpy._core import multiarray, numeric
 
 from vidkd.errors import CheckpointError, UnsafePickleError
 
-# Builtins that plain-data pickles name: sets before protocol 4, complex numbers (bytearrays before protocol 5: a
-# guard, as `bytearray(n)` would allocate n bytes); `__builtin__` is their module's name in Python 2 and at
-# protocols 0-2.
-PLAIN = {(module, t.__name__): t for module in ("builtins", "__builtin__") for t in (set, frozenset, complex)}
+# Builtins that plain-data pickles name: complex numbers; sets before protocol 4 and bytearrays before protocol 5
+# through guards (`bytearray(n)` would allocate n bytes; every guard counts what it builds against a budget, so that
+# calls repeated on one remembered argument cannot multiply a small file into gigabytes); `__builtin__` is their
+# module's name in Python 2 and at protocols 0-2.
+PLAIN = {(module, "complex"): complex for module in ("builtins", "__builtin__")}
+BUDGET = (4, 2**20)  # the guards build at most 4 items (bytes, set members) per byte of the file, plus 1 Mi
 # What numpy arrays, dtypes and scalars pickle as: `_reconstruct` then ndarray.__setstate__ (protocols 2-4),
 # `_frombuffer` (protocol 5); numpy 1 wrote `numpy.core`, numpy 2 writes `numpy._core`. Each is resolved to a
 # guard below: arrays, scalars and dtypes are built only through these paths and only with NUMERIC dtypes (an
 # object array or scalar holds pointers, which a pickle can forge: touching one crashes the process).
 NUMERIC = "biufc"
 # Python 3's bytes at protocols 0-2 (`__builtin__`: the name Python 3 writes for builtins there)
-BYTES_NAMES = {("_codecs", "encode"): "encode", ("builtins", "bytes"): "bytes", ("__builtin__", "bytes"): "bytes",
-               ("builtins", "bytearray"): "bytearray", ("__builtin__", "bytearray"): "bytearray"}  # bool, signed and unsigned integers, floats, complex
+BYTES_NAMES = {(module, name): name for module in ("builtins", "__builtin__")
+               for name in ("bytes", "bytearray", "set", "frozenset")}
+BYTES_NAMES[("_codecs", "encode")] = "encode"  # bool, signed and unsigned integers, floats, complex
 NUMPY_NAMES = {("numpy", "ndarray"): "ndarray", ("numpy", "dtype"): "dtype"}
 for _core in ("numpy.core", "numpy._core"):
     NUMPY_NAMES.update({(f"{_core}.multiarray", "_reconstruct"): "_reconstruct",
@@ -46,7 +49,7 @@ def load(path, allow_numpy=False, encoding="ASCII"):
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e.strerror}")
     try:
-        return _Unpickler(io.BytesIO(data), path, allow_numpy, encoding).load()
+        return _Unpickler(io.BytesIO(data), path, allow_numpy, encoding, BUDGET[0] * len(data) + BUDGET[1]).load()
     except UnsafePickleError:
         raise
     except Exception as e:  # a truncated or corrupt pickle fails anywhere inside the unpickler, with any type
@@ -58,12 +61,20 @@ def load(path, allow_numpy=False, encoding="ASCII"):
 class _Unpickler(pickle._Unpickler):
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, path, allow_numpy, encoding="ASCII"):
+    def __init__(self, file, path, allow_numpy, encoding="ASCII", budget=BUDGET[1]):
         super().__init__(file, encoding=encoding)
-        self.path, self.allow_numpy = path, allow_numpy
+        self.path, self.allow_numpy, self.budget = path, allow_numpy, budget
         self.guards = {"ndarray": self._ndarray_called, "dtype": self._dtype, "_reconstruct": self._reconstruct,
                        "scalar": self._scalar, "_frombuffer": self._frombuffer, "encode": self._encode,
-                       "bytes": self._empty_bytes, "bytearray": self._bytearray}
+                       "bytes": self._empty_bytes, "bytearray": self._bytearray,
+                       "set": self._collection(set), "frozenset": self._collection(frozenset)}
+
+    def _spend(self, items):
+        """Count `items` built by a guard against the budget; refuse once it is spent."""
+        self.budget -= items
+        if self.budget < 0:
+            raise UnsafePickleError(self.path, "more data built by calls than the file's size allows (a pickle "
+                                               "repeating calls on one remembered argument)")
 
     def find_class(self, module, name):
         if (module, name) in PLAIN:
@@ -78,6 +89,7 @@ class _Unpickler(pickle._Unpickler):
         """`_codecs.encode(text, "latin1")`: Python 3's bytes pickled at protocols 0-2."""
         if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
             raise UnsafePickleError(self.path, "_codecs.encode with arguments other than (text, 'latin1')")
+        self._spend(len(args[0]))
         return args[0].encode("latin1")
 
     def _empty_bytes(self, *args):
@@ -87,12 +99,29 @@ class _Unpickler(pickle._Unpickler):
         return b""
 
     def _bytearray(self, *args):
-        """`bytearray(data)` (protocols 3-4) or `bytearray(text, "latin-1")` (0-2), nothing else."""
-        if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
-            return bytearray(args[0])
-        if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
-            return bytearray(args[0], "latin1")
-        raise UnsafePickleError(self.path, "builtins.bytearray with arguments other than its data")
+        """`bytearray()`, `bytearray(data)` (protocols 3-4) or `bytearray(text, "latin-1")` (0-2; the encoding's
+        name as bytes where Python 2 strings load as bytes), nothing else."""
+        if len(args) == 2 and isinstance(args[1], bytes):
+            args = (args[0], args[1].decode("latin1"))
+        if not args or (len(args) == 1 and isinstance(args[0], (bytes, bytearray))):
+            data = bytearray(*args)
+        elif len(args) == 2 and isinstance(args[0], (str, bytes)) and args[1] in ("latin1", "latin-1"):
+            data = bytearray(args[0] if isinstance(args[0], bytes) else args[0].encode("latin1"))
+        else:
+            raise UnsafePickleError(self.path, "builtins.bytearray with arguments other than its data")
+        self._spend(len(data))
+        return data
+
+    def _collection(self, kind):
+        """`set(items)` / `frozenset(items)` (protocols 0-3), counted against the budget."""
+        def build(*args):
+            if len(args) > 1:
+                raise UnsafePickleError(self.path, f"builtins.{kind.__name__} with more than one argument")
+            if args:
+                self._spend(len(args[0]) if hasattr(args[0], "__len__") else 0)
+            return kind(*args)
+
+        return build
 
     def _numeric(self, dtype, what):
         if not isinstance(dtype, numpy.dtype) or dtype.kind not in NUMERIC or dtype.hasobject:

@@ -10,7 +10,8 @@ The fusion model `F = head_T o stage4_T o L2G o stage3_S o stage2_S o stage1_S`:
   DISTILL.FBT_L2G_BLOCK false leaves it out); a token teacher's class token is a learned token of L2G's;
 - `stage4_T` and `head_T` are a trainable copy of the teacher's: everything after its stage 3 (found by autograd:
   what a gradient reaches from the logits back to stage 3's output). The frozen teacher stays as it is. The copy's
-  earlier part is frozen and runs on one image per batch only: its stage-3 output is replaced by L2G's.
+  earlier part is frozen and runs on one blank image per batch only (its stage-3 output is replaced by L2G's), so
+  a test crop other than the training crop reaches the tail through L2G alone.
 Knowledge `K = {f, p}`: the pooled final feature (the embedding) and the logits of T, S and F. For each pair
 `(i, j)` of DISTILL.FBT_PAIRS (i teaches j; "ts", "tf", "fs"):
     L(K_i, K_j) = InfoNCE(P_i(f_i), P_j(f_j); tau) + L_OFA(p_j, p_i)
@@ -86,6 +87,8 @@ class Fusion(nn.Module):
         self._student_taps = (student_taps,)  # not a submodule: the student is the distiller's
         self._frozen = []  # the copy's modules before the tail
         self.copy = plain_copy(teacher).requires_grad_(True)
+        self.copy.__dict__.pop("forward", None)  # the teacher's bf16 autocast (MODEL.TEACHER_AUTOCAST): not the copy's
+        self.size = tuple(size)  # the training input's, on which the copy's frozen front runs (its output replaced)
         self.copy.register_forward_pre_hook(input_in_weight_dtype, prepend=True)
         stage3 = self.copy.get_submodule(self.copy.stage_names[-2])
         self._replacement, self._saved = None, {}
@@ -130,19 +133,19 @@ class Fusion(nn.Module):
         self._student_taps[0].model.train(mode)
         return self
 
-    def from_stage(self, stage3, image):
-        """`(logits, embedding)` of F on the student's stage-3 map; `image`: the input (the copy's frozen part
-        runs on its first image only)."""
+    def from_stage(self, stage3):
+        """`(logits, embedding)` of F on the student's stage-3 map (the copy's frozen front runs on one blank image
+        of the training size: what it gives is replaced)."""
         self._replacement = self.l2g(stage3)
         try:
-            logits = self.copy(image[:1])
+            logits = self.copy(stage3.new_zeros(1, 3, *self.size, dtype=torch.float32))
         finally:
             self._replacement = None
         embedding = pool_embedding(self._saved.pop("embed"), self.copy.embed_module(), len(stage3))
         return logits, embedding
 
     def forward(self, image):
-        return self.from_stage(self._student_taps[0](image)[1][-2], image)[0]
+        return self.from_stage(self._student_taps[0](image)[1][-2])[0]
 
 
 class FBT(Distiller):
@@ -157,6 +160,8 @@ class FBT(Distiller):
                                   f"the fusion model joins the student's stages before its last to the teacher's last")
         members = set("".join(c.FBT_PAIRS))
         self.fusion = Fusion(self.student_taps, teacher, size, c.FBT_L2G_BLOCK) if "f" in members else None
+        if self.fusion is not None and "tf" not in c.FBT_PAIRS:  # ablation (C): F learns from no one; fixed, it
+            self.fusion.requires_grad_(False)  # does not decay either (AdamW would shrink weights without gradients)
         if c.FBT_INFONCE:
             widths = {"t": probe(teacher, size)["embed_dim"], "s": probe(student, size)["embed_dim"]}
             widths["f"] = widths["t"]
@@ -176,7 +181,7 @@ class FBT(Distiller):
         z_s, features, e_s = self.student_taps(x)
         knowledge = {"t": (targets["logits"], targets["embedding"]), "s": (z_s, e_s)}
         if self.fusion is not None:
-            knowledge["f"] = self.fusion.from_stage(features[-2], x)
+            knowledge["f"] = self.fusion.from_stage(features[-2])
         losses = {"ce": c.CE_WEIGHT * self.ce(z_s, y)}
         if c.FBT_INFONCE:
             scale = self.log_scale.float().exp().clamp(max=MAX_SCALE)  # 1 / tau

@@ -41,6 +41,10 @@ MANIFEST = "MANIFEST.json"
 PARTIAL = ".partial_"
 DAMAGED = "damaged_"
 # Config keys a resumed run may change: how long and how often, and how data is read, not what is learnt.
+# Keys added to vidkd with a default that changed what runs written before them did (TEACHER_AUTOCAST: GPU teachers
+# went from fp32 to bf16 autocast): missing from a checkpoint's config, they still differ. Every other key vidkd adds
+# must default to what runs did before it.
+CHANGED_BY_DEFAULT = ("MODEL.TEACHER_AUTOCAST",)
 RESUMABLE_CHANGES = ("OUTPUT_DIR", "TRAIN.EPOCHS", "TRAIN.EVAL_PERIOD", "TRAIN.CHECKPOINT_PERIOD",
                      "TRAIN.CHECKPOINT_STEPS", "TRAIN.KEEP_CHECKPOINTS", "TRAIN.MAX_BAD_STEPS", "DATA.NUM_WORKERS",
                      "DATA.PREFETCH_FACTOR", "DATA.PIN_MEMORY", "DATA.DECODER", "DATA.DECODE_THREADS",
@@ -182,7 +186,7 @@ def config_differences(saved_text, current_text):
     defaults = flat(yaml.safe_load(get_defaults().dump()))
     return {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys())
             if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
-            and not (k not in saved and k in defaults and now[k] == defaults[k])}
+            and not (k not in saved and k in defaults and now[k] == defaults[k] and k not in CHANGED_BY_DEFAULT)}
 
 
 def resume_point(folder, config_text):

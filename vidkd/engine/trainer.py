@@ -405,6 +405,8 @@ class Trainer:
         for what, model in models:
             distributed.average_batchnorm_stats(model, self.device)
             checksum = distributed.check_replicas(model, self.device, what)
+        for model in self.distiller.evaluated_models().values():  # FBT's fusion model: its own statistics
+            distributed.average_batchnorm_stats(model, self.device)
         return checksum
 
     def fit(self):
