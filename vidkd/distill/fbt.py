@@ -82,7 +82,8 @@ class L2G(nn.Module):
 class Fusion(nn.Module):
     """F, given the student's stage-3 map (`from_stage`), or an image (`forward`: the fusion model evaluated)."""
 
-    def __init__(self, student_taps, teacher, size, block=True):
+    def __init__(self, student_taps, teacher, size, probes, block=True):
+        """`probes`: `(student's, teacher's)` `probe` results at `size`."""
         super().__init__()
         self._student_taps = (student_taps,)  # not a submodule: the student is the distiller's
         self._frozen = []  # the copy's modules before the tail
@@ -95,7 +96,7 @@ class Fusion(nn.Module):
         stage3.register_forward_hook(lambda module, args, output: self._replacement)
         self.copy.embed_module().register_forward_pre_hook(lambda module, args: self._saved.update(embed=args[0]))
         raw = self._find_tail(stage3, size)
-        t_stage, s_stage = probe(teacher, size)["stages"][-2], probe(student_taps.model, size)["stages"][-2]
+        s_stage, t_stage = (found["stages"][-2] for found in probes)
         layout = teacher.layouts()[-2]
         prefix = raw[1] - math.prod(t_stage["grid"]) if layout == "tokens" else 0
         self.l2g = L2G(s_stage, t_stage, layout, prefix, block)
@@ -158,12 +159,12 @@ class FBT(Distiller):
             if len(model.stage_names) < 2:
                 raise ConfigError(f"DISTILL.METHOD fbt: the {who} {model.name} has {len(model.stage_names)} stage; "
                                   f"the fusion model joins the student's stages before its last to the teacher's last")
-        members = set("".join(c.FBT_PAIRS))
-        self.fusion = Fusion(self.student_taps, teacher, size, c.FBT_L2G_BLOCK) if "f" in members else None
+        members, probes = set("".join(c.FBT_PAIRS)), (probe(student, size), probe(teacher, size))
+        self.fusion = Fusion(self.student_taps, teacher, size, probes, c.FBT_L2G_BLOCK) if "f" in members else None
         if self.fusion is not None and "tf" not in c.FBT_PAIRS:  # ablation (C): F learns from no one; fixed, it
             self.fusion.requires_grad_(False)  # does not decay either (AdamW would shrink weights without gradients)
         if c.FBT_INFONCE:
-            widths = {"t": probe(teacher, size)["embed_dim"], "s": probe(student, size)["embed_dim"]}
+            widths = {"s": probes[0]["embed_dim"], "t": probes[1]["embed_dim"]}
             widths["f"] = widths["t"]
             self.project = nn.ModuleDict({m: nn.Linear(widths[m], c.FBT_DIM) for m in sorted(members)})  # P_i
             self.log_scale = nn.Parameter(torch.tensor([math.log(1 / c.FBT_TEMPERATURE)]))  # log(1 / tau)
