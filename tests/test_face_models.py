@@ -32,11 +32,18 @@ def test_mobilefacenet_has_its_published_size_at_its_papers_128_d():
     assert flops.total() / 1e6 == pytest.approx(221, rel=0.05)
 
 
+STRIDES = {"swin": [4, 8, 16, 28], "vit": [8] * 4}  # the transformers' (Swin-T's last stage: 112 / 4 = 4 x 4)
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRIES["face"]))
 def test_face_models_give_an_embedding_and_four_stages(name):
     model = REGISTRIES["face"][name](crop_size=112)
     dim = 64 if name.endswith("_tiny") else 512
-    assert model.eval()(torch.randn(2, 3, 112, 112)).shape == (2, dim)
-    stages = probe(model, (112, 112))["stages"]
-    assert [s["stride"] for s in stages] == [(2, 2), (4, 4), (8, 8), (16, 16)]
-    assert not model.embedding[1].weight.requires_grad or name.startswith("mobilefacenet")  # IResNet: scale fixed
+    x = torch.randn(2, 3, 112, 112)
+    assert model.eval()(x).shape == (2, dim)
+    found = probe(model, (112, 112))
+    strides = STRIDES.get(name.split("_")[0], [2, 4, 8, 16])
+    assert [s["stride"] for s in found["stages"]] == [(s, s) for s in strides]
+    assert found["embed_dim"] == dim  # the taps' embedding is the output itself
+    if name.startswith("iresnet"):
+        assert not model.embedding[1].weight.requires_grad  # IResNet: the embedding BN's scale fixed at 1

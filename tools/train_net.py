@@ -18,7 +18,7 @@ from vidkd.engine.trainer import Trainer
 
 
 def results_table(metrics):
-    keys = [k for k in metrics if not k.startswith("num_")] + ["num_videos", "num_missing"]
+    keys = [k for k in metrics if not k.startswith("num_")] + [k for k in metrics if k.startswith("num_")]
     width = max(len(k) for k in keys)
     cells = {k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in metrics.items()}
     return "\n".join(f"{k:<{width}}  {cells[k]}" for k in keys if k in cells)

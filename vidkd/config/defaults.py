@@ -11,8 +11,10 @@ _C = CfgNode()
 _C.SEED = 0
 # Where checkpoints, logs, plots and results go.
 _C.OUTPUT_DIR = "output/run"
-# What is learnt: `video` (clips [B, 3, T, H, W], video models) or `image` (images [B, 3, H, W], image models;
-# DATA.NUM_FRAMES is not used). It selects the dataset, the models and the example input that probes them.
+# What is learnt: `video` (clips [B, 3, T, H, W], video models), `image` (images [B, 3, H, W], image models;
+# DATA.NUM_FRAMES is not used) or `face` (aligned face images by identity, face models giving embeddings, trained with
+# a margin head and evaluated by verification: FACE keys). It selects the dataset, the models, the evaluation and the
+# example input that probes them.
 _C.TASK = "video"
 
 # ----------------------------------------------------------------------------- data
@@ -248,6 +250,25 @@ _C.DISTILL.CACHE_DIR = ""
 # Augmented views per training video in the cache; each epoch draws one of them per video.
 _C.DISTILL.CACHE_VIEWS = 8
 
+# ----------------------------------------------------------------------------- face recognition (TASK face)
+_C.FACE = CfgNode()
+# The margin head that trains the embedding (L_FR, METHODS.md 5, 6): arcface (s 64, m 0.5) | cosface (s 64,
+# m 0.35) | sphereface2 (r 40, m 0.4, lambda 0.7, t 3). Training-only: the exported student gives the embedding.
+_C.FACE.MARGIN = "arcface"
+# Pair list of the test split (data_prep/prepare_faces.py's CSV, inside DATA.MANIFEST_DIR): verified at every
+# evaluation (10-fold accuracy, TPR at FPR).
+_C.FACE.PAIRS = "pairs.csv"
+# Further verification sets tools/test_net.py runs: insightface `.bin` files (LFW, CFP-FP, AgeDB-30, ...) and LFW
+# `pairs.txt` lists (their images under the folder holding the list, `<name>/<name>_0001.jpg`).
+_C.FACE.VERIFICATION_SETS = []
+# An image's embedding is the sum of the embeddings of it and its mirror image (insightface's flip test).
+_C.FACE.FLIP = True
+# Folds of the accuracy protocol (LFW: 10; the threshold is chosen on the other folds).
+_C.FACE.FOLDS = 10
+# False-positive rates at which the true-positive rate is reported (IJB: 1e-4, 1e-5, 1e-6), besides the lowest
+# rate the pairs can measure.
+_C.FACE.FPRS = [1e-4, 1e-5, 1e-6]
+
 # ----------------------------------------------------------------------------- testing
 _C.TEST = CfgNode()
 # Clips per batch on each rank during evaluation.
@@ -270,7 +291,7 @@ ANY, PATH, NAME = Anything(), Text(empty=True), Text(empty=False)
 SECONDS = Range(0, 86400)  # 0 = no limit; a day at most (a larger timeout overflows the timers)
 RULES = {
     "SEED": Range(0, 2**32 - 1),  # numpy's and torch's seeds (torch adds the epoch)
-    "TASK": OneOf("video", "image"),
+    "TASK": OneOf("video", "image", "face"),
     "OUTPUT_DIR": OutputDir(),
     "DATA.MANIFEST_DIR": NAME,
     "DATA.TRAIN_SPLIT": NAME,
@@ -374,6 +395,12 @@ RULES = {
     "DISTILL.CACHE": OneOf("live", "auto", "require"),
     "DISTILL.CACHE_DIR": PATH,
     "DISTILL.CACHE_VIEWS": Range(1, 1024),
+    "FACE.MARGIN": OneOf("arcface", "cosface", "sphereface2"),
+    "FACE.PAIRS": NAME,
+    "FACE.VERIFICATION_SETS": List(NAME, (0, 64)),
+    "FACE.FLIP": ANY,
+    "FACE.FOLDS": Range(2, 100),
+    "FACE.FPRS": List(Range(0, 1, above=True), (0, 16)),
     "TEST.BATCH_SIZE": Range(1),
     "TEST.NUM_CLIPS": Range(1, 1024),
     "TEST.NUM_CROPS": OneOf(1, 3),

@@ -10,13 +10,19 @@ terms that the engine sums. A method may also fill `self.stats` with per-sample 
 
 Several label heads (EPIC-KITCHENS-100: verb and noun) are one classifier of `sum K` outputs, split per head;
 each loss term is applied per head and summed.
+
+TASK face: a face model's output is its embedding `[B, D]` (returned where the logits are), and the method owns a
+margin head over the training identities (FACE.MARGIN, `vidkd.distill.margins`): `ce` is its loss L_FR. Like every
+training-only module it is not exported.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vidkd.distill.margins import HEADS
 from vidkd.models.base import split_heads
-from vidkd.models.taps import FeatureTaps
+from vidkd.models.taps import FeatureTaps, probe
+from vidkd.tasks import input_size
 
 
 def input_in_weight_dtype(module, args):
@@ -47,6 +53,9 @@ class Distiller(nn.Module):
         student.register_forward_pre_hook(input_in_weight_dtype, prepend=True)  # before channels-last: one copy
         self.student_taps = FeatureTaps(student)
         self.teacher_taps = [FeatureTaps(t) for t in self.teachers]
+        self.margin = None  # TASK face: the margin head over the identities (L_FR)
+        if cfg.TASK == "face":
+            self.margin = HEADS[cfg.FACE.MARGIN](probe(student, input_size(cfg))["embed_dim"], sum(self.heads.values()))
 
     def split(self, logits):
         """`{head: [B, K_head]}` from the side-by-side logits."""
@@ -83,7 +92,7 @@ class Distiller(nn.Module):
         """Indices into MODEL.TEACHERS that the method runs (here: the one of DISTILL.TEACHER_INDEX)."""
         return [cfg.DISTILL.TEACHER_INDEX]
 
-    tasks = ("video", "image")  # the TASKs whose models the method trains
+    tasks = ("video", "image")  # the TASKs whose models the method trains (face: with `ce` the margin loss)
 
     calibrates = False  # whether `calibrate` has anything to estimate (with this config)
 
@@ -118,7 +127,10 @@ class Distiller(nn.Module):
         return self.teacher_targets(batch["input"])
 
     def ce(self, logits, targets):
-        """Cross-entropy with the labels, summed over heads."""
+        """Cross-entropy with the labels, summed over heads; for TASK face, the margin head's loss on the embedding
+        (`logits`) and the identities."""
+        if self.margin is not None:
+            return self.margin(logits, next(iter(targets.values())))[0]
         return sum(F.cross_entropy(z.float(), targets[h]) for h, z in self.split(logits).items())
 
     def per_head(self, loss_fn, z_s, z_t, targets):

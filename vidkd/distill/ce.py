@@ -1,8 +1,11 @@
-"""Supervised training alone: the student without a teacher, or a teacher being fine-tuned. L = CE."""
+"""Supervised training alone: the student without a teacher, or a teacher being fine-tuned. L = CE (TASK face: the
+margin head's L_FR)."""
 from vidkd.distill.base import Distiller
 
 
 class CE(Distiller):
+    tasks = ("video", "image", "face")
+
     @classmethod
     def teacher_indices(cls, cfg):
         return []

@@ -10,6 +10,8 @@ from vidkd.tasks import input_size
 
 
 class FitNet(Distiller):
+    tasks = ("video", "image", "face")
+
     def __init__(self, student, teachers, heads, cfg):
         super().__init__(student, teachers, heads, cfg)
         c_s = probe(student, input_size(cfg))["stages"][-1]["channels"]

@@ -5,6 +5,8 @@ from vidkd.distill.losses import rkd_loss
 
 
 class RKD(Distiller):
+    tasks = ("video", "image", "face")
+
     def teacher_targets(self, video):
         return {"embedding": self.run_teacher(0, video)[2]}
 

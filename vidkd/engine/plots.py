@@ -3,7 +3,7 @@ from matplotlib.figure import Figure
 
 
 def plot_history(history, path, title=""):
-    """Loss terms per epoch, test top-1, and per logged statistic (`stats/<name>/...`, values in [0, 1]) its
+    """Loss terms per epoch, test top-1 (TASK face: verification accuracy), and per logged statistic (`stats/<name>/...`, values in [0, 1]) its
     epoch mean and its last epoch's histogram."""
     epochs = [r["epoch"] for r in history]
     stats = sorted({k.split("/")[1] for r in history for k in r if k.startswith("stats/")})
@@ -13,11 +13,13 @@ def plot_history(history, path, title=""):
         axes[0].plot(epochs, [r.get(key) for r in history], label=key[5:])
     axes[0].set(xlabel="epoch", ylabel="loss (epoch mean)", title="training losses")
     axes[0].legend(fontsize=8)
-    tested = [r for r in history if "test/top1" in r or "test/verb/top1" in r]
-    for key in ("test/top1", "test/verb/top1", "test/noun/top1", "test/action/top1"):
+    keys = ("test/top1", "test/verb/top1", "test/noun/top1", "test/action/top1", "test/accuracy")
+    tested = [r for r in history if any(k in r for k in keys)]
+    for key in keys:
         if tested and key in tested[-1]:
             axes[1].plot([r["epoch"] for r in tested], [r[key] for r in tested], marker="o", label=key[5:])
-    axes[1].set(xlabel="epoch", ylabel="top-1 (%)", title="test accuracy")
+    face = bool(tested) and "test/accuracy" in tested[-1]
+    axes[1].set(xlabel="epoch", ylabel="verification accuracy (%)" if face else "top-1 (%)", title="test accuracy")
     axes[1].legend(fontsize=8)
     for i, name in enumerate(stats):
         mean_axis, hist_axis = axes[2 + 2 * i], axes[3 + 2 * i]

@@ -19,6 +19,7 @@ from vidkd.distill.build import build_distiller, teachers_needed
 from vidkd.engine import checkpointing, distributed, teacher_cache
 from vidkd.engine.ema import EMA
 from vidkd.engine.evaluate import MultiViewEvaluator
+from vidkd.engine.verification import evaluate_pairs, plot_roc, split_pairs
 from vidkd.errors import ConfigError, TrainingError
 from vidkd.models import REGISTRIES, build_from_config
 from vidkd.models.base import check_takes_input
@@ -204,6 +205,9 @@ class Trainer:
             raise ConfigError(f"config key MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}, but the training manifest "
                               f"has {sum(self.heads.values())} classes ({self.heads}): set it to 0 or to that")
         self.class_names = label_sets
+        # TASK face: the held-out identities' pairs, verified at every evaluation (their scores kept for the ROC)
+        self.pairs = split_pairs(cfg, self.test_loader.dataset.manifest) if cfg.TASK == "face" else None
+        self.verified = {}
         distiller = build_training(cfg, self.heads, self.device)
         distiller.num_samples = len(self.train_loader.dataset.manifest.samples)
         if distiller.calibrates:
@@ -409,6 +413,16 @@ class Trainer:
             distributed.average_batchnorm_stats(model, self.device)
         return checksum
 
+    def evaluate(self, model, name="test"):
+        """The test metrics of `model`: classification over the test views, or for TASK face verification of the
+        test split's pairs (whose scores are kept in `self.verified[name]` for the ROC curve)."""
+        if self.cfg.TASK != "face":
+            return evaluate(model, self.test_loader, self.heads, self.device, desc=name, show=self.rank == 0)[0]
+        metrics, scores, same = evaluate_pairs(model, self.test_loader, self.pairs, self.cfg, self.device, name,
+                                               self.rank == 0)
+        self.verified[name] = (scores, same)
+        return metrics
+
     def fit(self):
         """Train from `self.position` to TRAIN.EPOCHS; returns the final test metrics."""
         from torch.utils.tensorboard import SummaryWriter
@@ -422,13 +436,10 @@ class Trainer:
             record["student_checksum"] = self._synchronize_models()
             last = epoch + 1 == t.EPOCHS
             if last or (epoch + 1) % t.EVAL_PERIOD == 0:
-                metrics, _ = evaluate(self.eval_model(), self.test_loader, self.heads, self.device,
-                                      show=self.rank == 0)
+                metrics = self.evaluate(self.eval_model())
                 record.update({f"test/{k}": v for k, v in metrics.items()})
                 for name, model in self.distiller.evaluated_models().items():  # FBT's fusion model
-                    other, _ = evaluate(model, self.test_loader, self.heads, self.device, desc=name,
-                                        show=self.rank == 0)
-                    record.update({f"test/{name}/{k}": v for k, v in other.items()})
+                    record.update({f"test/{name}/{k}": v for k, v in self.evaluate(model, name).items()})
             record["seconds"] = time.time() - start
             self.history.append(record)
             if self.rank == 0:
@@ -441,6 +452,10 @@ class Trainer:
             save_model(self.eval_model(), os.path.join(self.out, "student.pt"), heads=self.heads,
                        method=self.cfg.DISTILL.METHOD)
             self._save_figures()
+            if self.verified:
+                plot_roc({"student" if n == "test" else n: v for n, v in self.verified.items()},
+                         os.path.join(self.out, "roc.png"), f"{self.cfg.DISTILL.METHOD}: {self.cfg.MODEL.STUDENT} on "
+                                                            f"{self.cfg.DATA.TEST_SPLIT} pairs")
         return metrics
 
     def _save_figures(self):

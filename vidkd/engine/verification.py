@@ -8,13 +8,23 @@
   highest true-positive rate with a false-positive rate at most that; `nan` for an FPR below 1 / (different pairs),
   which so few pairs cannot measure.
 - `plot_roc`: the ROC curves as a PNG, FPR on a log axis.
+- `embed` and `verify`: a model's embeddings of a split's images (on 1 process or N), and the protocols on a pair
+  list of them (`evaluate_pairs`: both, with the metrics the engine logs).
 """
 import math
+import os
 
 import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 from sklearn.model_selection import KFold
+from tqdm import tqdm
+
+from vidkd.data.datasets.faces import read_pair_list
+from vidkd.errors import AnnotationError, ConfigError
 
 
 def best_threshold(scores, same):
@@ -76,3 +86,86 @@ def plot_roc(curves, path, title="ROC"):
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+
+
+@torch.no_grad()
+def embed(model, loader, device, flip, desc="embed", show=True):
+    """`(embeddings [N, D], missing [N])` of the loader's N images: each view's embedding (with `flip`, the sum of the
+    image's and its mirror image's, insightface's flip test) L2-normalised, averaged over the image's views and
+    normalised again; `missing` marks images none of whose views decoded. On N ranks each embeds its share and the
+    shares are summed; a view two ranks embedded (the sampler's padding) counts once."""
+    model.eval()
+    n, views = len(loader.dataset.manifest.samples), loader.dataset.n_clips * loader.dataset.n_crops
+    sums, seen = None, torch.zeros(n, views, dtype=torch.float64)
+    loader.set_epoch(0)
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not show, leave=False):
+        x = batch["input"].to(device, non_blocking=True)
+        e = model(x).float()
+        if flip:
+            e = e + model(x.flip(-1)).float()
+        e = F.normalize(e, dim=1).double().cpu()
+        if sums is None:
+            sums = torch.zeros(n, views, e.shape[1], dtype=torch.float64)
+        valid = batch["valid"].bool()
+        index, view = batch["index"][valid], batch["view"][valid]
+        sums[index, view], seen[index, view] = e[valid], 1.0  # a view seen twice here gives the same embedding
+    if dist.is_available() and dist.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        sums, seen = sums.to(device), seen.to(device)
+        dist.all_reduce(sums)
+        dist.all_reduce(seen)
+        sums, seen = sums.cpu() / seen.cpu().clamp(min=1)[..., None], seen.cpu().clamp(max=1)
+    embeddings = F.normalize(sums.sum(1), dim=1)
+    return embeddings, seen.sum(1) == 0
+
+
+def pair_indices(pairs, paths):
+    """`(a, b, same)` index arrays of `pairs` (`[(path_a, path_b, same)]`) into `paths` (a split's images in manifest
+    order); a path not in the split raises KeyError naming it."""
+    position = {p: i for i, p in enumerate(paths)}
+    missing = next((p for pair in pairs for p in pair[:2] if p not in position), None)
+    if missing is not None:
+        raise KeyError(f"{missing}: in the pair list but not among the split's {len(paths)} images")
+    a, b, same = zip(*((position[x], position[y], s) for x, y, s in pairs)) if pairs else ((), (), ())
+    return np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), np.array(same, dtype=bool)
+
+
+def split_pairs(cfg, manifest):
+    """The test split's pair list (FACE.PAIRS inside DATA.MANIFEST_DIR), as `pair_indices` into its manifest."""
+    path = os.path.join(cfg.DATA.MANIFEST_DIR, cfg.FACE.PAIRS)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config key FACE.PAIRS: {path} not found (data_prep/prepare_faces.py writes it beside the "
+                          f"manifests)")
+    pairs = [(os.path.normpath(a), os.path.normpath(b), same) for a, b, same in read_pair_list(path, manifest.root)]
+    try:
+        return pair_indices(pairs, [os.path.normpath(manifest.abspath(r)) for r in manifest.samples])
+    except KeyError as e:
+        raise AnnotationError(path, 0, f"{e.args[0]} (split {manifest.split!r})") from None
+
+
+def verify(embeddings, missing, pairs, folds, fprs):
+    """`(metrics, scores, same)`: the cosine score of every pair `(a, b, same)` (index arrays) whose two images were
+    embedded, LFW's k-fold accuracy (`accuracy`, `accuracy_std`, percent) and the TPR at each FPR of `fprs` and at the
+    lowest FPR the pairs can measure (`tpr@fpr=<f>`, percent; `lowest_fpr`); `num_pairs` verified and
+    `num_missing_pairs` left out for an image that failed to decode."""
+    a, b, same = pairs
+    kept = ~(missing[a] | missing[b]).numpy()
+    a, b, same = a[kept], b[kept], same[kept]
+    scores = (embeddings[a] * embeddings[b]).sum(1).numpy()
+    accuracy = kfold_accuracy(scores, same, folds)
+    floor = lowest_fpr(same)
+    rates = tpr_at_fpr(scores, same, [*fprs, floor])
+    metrics = {"accuracy": accuracy["accuracy"], "accuracy_std": accuracy["std"], "lowest_fpr": floor}
+    metrics.update({f"tpr@fpr={f:.0e}": 100 * rates[f] for f in fprs})
+    metrics["tpr@lowest_fpr"] = 100 * rates[floor]
+    metrics.update({"num_pairs": len(scores), "num_missing_pairs": int((~kept).sum())})
+    return metrics, scores, same
+
+
+def evaluate_pairs(model, loader, pairs, cfg, device, desc="verify", show=True):
+    """`verify` of `model`'s embeddings (`embed`) of the loader's split on `pairs` (`pair_indices`), with the config's
+    FACE.FLIP, FOLDS and FPRS; also `num_images` and `num_missing` (images that failed to decode)."""
+    embeddings, missing = embed(model, loader, device, cfg.FACE.FLIP, desc, show)
+    metrics, scores, same = verify(embeddings, missing, pairs, cfg.FACE.FOLDS, cfg.FACE.FPRS)
+    metrics.update({"num_images": len(missing), "num_missing": int(missing.sum())})
+    return metrics, scores, same

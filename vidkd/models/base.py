@@ -17,7 +17,7 @@ from vidkd.tasks import input_size
 
 MODELS = {}  # video models
 IMAGE_MODELS = {}
-FACE_MODELS = {}  # face recognition: image -> embedding (the face task is being built: issue 19)
+FACE_MODELS = {}  # face recognition: image -> embedding
 REGISTRIES = {"video": MODELS, "image": IMAGE_MODELS, "face": FACE_MODELS}
 
 
@@ -53,8 +53,18 @@ def build_image_model(name, num_classes, crop_size=224, **kwargs):
     return _named(IMAGE_MODELS[name](num_classes=num_classes, crop_size=crop_size, **kwargs), name)
 
 
+def build_face_model(name, crop_size=112):
+    """Build a registered face model for `crop_size x crop_size` faces (its output: the embedding)."""
+    if name not in FACE_MODELS:
+        raise KeyError(f"unknown face model {name!r}; registered: {', '.join(sorted(FACE_MODELS))}")
+    return _named(FACE_MODELS[name](crop_size=crop_size), name)
+
+
 def build_for_task(task, name, **kwargs):
-    """`build_model` for a video model, `build_image_model` for an image model (TASK)."""
+    """`build_model` for a video model, `build_image_model` for an image model, `build_face_model` for a face model
+    (TASK; a face model has no classes)."""
+    if task == "face":
+        return build_face_model(name, kwargs.get("crop_size", 112))
     return (build_model if task == "video" else build_image_model)(name, **kwargs)
 
 
@@ -73,12 +83,14 @@ def config_kwargs(cfg, name):
 
 def build_from_config(cfg, name, num_classes, crop_key="TRAIN_CROP_SIZE"):
     """`name`, a model of the config's TASK, built for its input (DATA.NUM_FRAMES x DATA.<crop_key> for a
-    clip, DATA.<crop_key> for an image), refused by the keys if it cannot be built for that input or cannot take
+    clip, DATA.<crop_key> for an image; a face model ignores `num_classes`), refused by the keys if it cannot be built for that input or cannot take
     it (a crop its pooling shrinks to nothing, too few frames for its temporal stride)."""
     crop = cfg.DATA[crop_key]
     with input_refused(cfg, name, crop_key):
         if cfg.TASK == "video":
             model = build_model(name, num_classes, cfg.DATA.NUM_FRAMES, crop, **config_kwargs(cfg, name))
+        elif cfg.TASK == "face":  # an embedding: the identities are the method's margin head's
+            model = build_face_model(name, crop)
         else:
             model = build_image_model(name, num_classes, crop)
     check_takes_input(model, cfg, crop_key)

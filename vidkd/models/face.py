@@ -9,12 +9,18 @@ by cosine; the margin head that trains it belongs to the method (`vidkd.distill.
   (expansion t, width c, n blocks, first stride s: (2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2),
   (2, 128, 2, 1)), a 1x1 conv to 512, a global depthwise conv (a kernel the size of the map, no activation), a
   1x1 conv to D with BN. Here D = 512 (the paper's is 128).
-- `*_tiny`: the same designs, narrow and shallow, for 2 CPU cores.
-Stages: the four resolutions below the stem (S/2 .. S/16), as channels-first maps.
+- Transformer teachers (CAFD's): a timm Swin or ViT body whose classifier is a Linear to D (the embedding head),
+  then BN: Swin-T (`swin_face_t`, patch 4, window 7) and ViT-S with 8-pixel patches (`vit_face_s`, 14 x 14 tokens
+  at 112), stages as for the image models (`vidkd.models.image`).
+- `*_tiny`: the same designs, narrow and shallow, for 2 CPU cores (D = 64).
+Stages: the CNNs' four resolutions below the stem (S/2 .. S/16), as channels-first maps; the transformers' as
+their image counterparts. Every model ends in `out` (an identity), the "classifier" of the model contract: the taps'
+pooled embedding (its input) is the face embedding itself.
 """
 import torch.nn as nn
 
 from vidkd.models.base import VideoModel, register
+from vidkd.models.image import MINI_VIT, hierarchical, isotropic
 
 
 def conv_bn(c_in, c_out, kernel, stride=1, groups=1, act=True):
@@ -35,11 +41,11 @@ class IBlock(nn.Module):
 
 
 class FaceModel(VideoModel):
-    """A face model: its output is the embedding (`embed_name` names the last layer, whose output it is)."""
+    """A face model: its output is the embedding, passed through `out` (an identity: the taps read its input)."""
 
     stage_layout = "NCHW"
     stage_names = ("stage1", "stage2", "stage3", "stage4")
-    head_name = "embedding"
+    head_name = "out"
 
 
 class IResNet(FaceModel):
@@ -56,10 +62,11 @@ class IResNet(FaceModel):
         self.embedding = nn.Sequential(nn.Linear(c_in * side * side, dim), nn.BatchNorm1d(dim))
         nn.init.ones_(self.embedding[1].weight)
         self.embedding[1].weight.requires_grad_(False)  # the embedding's BN scale stays 1
+        self.out = nn.Identity()
 
     def forward(self, x):
         x = self.stage4(self.stage3(self.stage2(self.stage1(self.stem(x)))))
-        return self.embedding(self.pool(x))
+        return self.out(self.embedding(self.pool(x)))
 
 
 class Bottleneck(nn.Module):
@@ -102,10 +109,26 @@ class MobileFaceNet(FaceModel):
                                   nn.Flatten())  # global depthwise conv: one kernel the size of the map
         self.pool[1][0].padding = (0, 0)
         self.embedding = nn.Sequential(nn.Linear(last, dim, bias=False), nn.BatchNorm1d(dim))
+        self.out = nn.Identity()
 
     def forward(self, x):
         x = self.stage4(self.stage3(self.stage2(self.stage1(self.stem(x)))))
-        return self.embedding(self.pool(x))
+        return self.out(self.embedding(self.pool(x)))
+
+
+class TimmFace(FaceModel):
+    """A timm transformer (`vidkd.models.image`'s builder `build`) whose classifier gives the D-d embedding, then BN."""
+
+    def __init__(self, build, dim, crop_size):
+        super().__init__()
+        self.body = build(dim, crop_size)
+        self.stage_names = tuple(f"body.{n}" for n in self.body.stage_names)
+        self.stage_layout, self.token_grid = self.body.stage_layout, self.body.token_grid
+        self.embedding = nn.BatchNorm1d(dim)
+        self.out = nn.Identity()
+
+    def forward(self, x):
+        return self.out(self.embedding(self.body(x)))
 
 
 FAMILIES = {  # builders fn(crop_size)
@@ -113,10 +136,16 @@ FAMILIES = {  # builders fn(crop_size)
     "iresnet50": lambda crop_size: IResNet((3, 4, 14, 3), crop_size=crop_size),
     "iresnet100": lambda crop_size: IResNet((3, 13, 30, 3), crop_size=crop_size),
     "mobilefacenet": lambda crop_size: MobileFaceNet(crop_size=crop_size),
+    "swin_face_t": lambda crop_size: TimmFace(hierarchical("swin_tiny_patch4_window7_224", "NHWC"), 512, crop_size),
+    "vit_face_s": lambda crop_size: TimmFace(isotropic("vit_small_patch16_224", patch_size=8), 512, crop_size),
     # 2-CPU-core sizes
     "iresnet_tiny": lambda crop_size: IResNet((1, 1, 1, 1), (8, 16, 32, 64), 64, crop_size),
     "mobilefacenet_tiny": lambda crop_size: MobileFaceNet(((2, 16, 1, 2), (2, 32, 1, 2), (2, 32, 1, 1),
                                                            (2, 32, 1, 2), (2, 32, 1, 1)), 16, 64, 64, crop_size),
+    "swin_face_tiny": lambda crop_size: TimmFace(hierarchical(
+        "swin_tiny_patch4_window7_224", "NHWC", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)), 64, crop_size),
+    "vit_face_tiny": lambda crop_size: TimmFace(isotropic("deit_tiny_patch16_224", **{**MINI_VIT, "patch_size": 8}),
+                                                64, crop_size),
 }
 for _name, _build in FAMILIES.items():
     register(_name, "face")(_build)
