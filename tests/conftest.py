@@ -200,3 +200,36 @@ def write_config(path, data_root, out, method, **extra):
             cfg[group] = values
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def face_data(tmp_path_factory):
+    """A tiny face set, as data_prep/prepare_faces.py leaves one: 8 identities x 6 grey-ish 32 x 32 PNGs (each
+    identity a fixed random pattern, each image it plus noise and a shift), 5 identities for training (30 images) and
+    3 held out (18 images, 45 + 45 pairs) in `<root>/manifests` (train.json, test.json, pairs.csv)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for person in range(8):
+        pattern = rng.integers(0, 256, (8, 8, 3))
+        for i in range(6):
+            image = np.kron(pattern, np.ones((4, 4, 1))) + rng.normal(0, 20, (32, 32, 3))
+            image = np.roll(image, rng.integers(-2, 3), axis=1).clip(0, 255).astype(np.uint8)
+            (root / "faces" / f"p{person}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / "faces" / f"p{person}" / f"{i}.png")
+    ok(launch(["data_prep/prepare_faces.py", "--root", str(root / "faces"), "--out", str(root / "manifests"),
+               "--holdout", "3"]))
+    return root
+
+
+def face_config(data_root, out, method="ce", **extra):
+    """Config overrides (a list for load_config) of the face task on `face_data`: 32 px faces, tiny models (IResNet
+    student, Swin teacher), fp32, 2 epochs; `extra` {KEY: value} appended."""
+    args = {"TASK": "face", "OUTPUT_DIR": str(out), "DATA.MANIFEST_DIR": str(data_root / "manifests"),
+            "DATA.TRAIN_CROP_SIZE": 32, "DATA.TEST_SHORT_SIDE": 32, "DATA.TEST_CROP_SIZE": 32,
+            "DATA.NUM_WORKERS": 0, "MODEL.STUDENT": "iresnet_tiny", "MODEL.TEACHERS": "['swin_face_tiny']",
+            "MODEL.TEACHER_CHECKPOINTS": "['']", "TRAIN.BATCH_SIZE": 5, "TRAIN.EPOCHS": 2, "TRAIN.EVAL_PERIOD": 1,
+            "TEST.BATCH_SIZE": 6, "TEST.NUM_CLIPS": 1, "TEST.NUM_CROPS": 1, "DISTILL.METHOD": method,
+            "DEEPSPEED.PRECISION": "fp32", **extra}
+    return [str(x) for kv in args.items() for x in kv]
