@@ -10,6 +10,11 @@ DeepSpeed checkpoint folder of that model; MODEL.PARTIAL_LOAD applies). Each vid
 softmax averaged over TEST.NUM_CLIPS x TEST.NUM_CROPS views. Prints top-1 / top-5 (EPIC-KITCHENS-100:
 verb, noun and action) and a per-class accuracy table; writes OUTPUT_DIR/test_metrics.json,
 OUTPUT_DIR/per_class_accuracy.csv and OUTPUT_DIR/confusion_<head>.png.
+
+TASK face: the model's embeddings verify the pairs of the test split (FACE.PAIRS) and of every FACE.VERIFICATION_SETS
+entry (insightface `.bin` files, whose images are written once under OUTPUT_DIR/verification/<set>/, and LFW
+`pairs.txt` lists): k-fold accuracy, TPR at FACE.FPRS and at the lowest FPR each set can measure. Prints one row per
+set; writes OUTPUT_DIR/test_metrics.json and OUTPUT_DIR/roc.png (every set's ROC curve).
 """
 import argparse
 import csv
@@ -21,8 +26,10 @@ from vidkd.cli import run
 from vidkd.config import load_config
 from vidkd.data.loader import build_loader
 from vidkd.engine import distributed
+from vidkd.data.datasets.faces import verification_set
 from vidkd.engine.evaluate import plot_confusion
 from vidkd.engine.trainer import evaluate
+from vidkd.engine.verification import evaluate_pairs, pair_indices, plot_roc, split_pairs
 from vidkd.errors import CheckpointError, ConfigError
 from vidkd.models import REGISTRIES, build_from_config
 from vidkd.models.checkpoint import load_checkpoint, saved_heads
@@ -84,6 +91,61 @@ def write_outputs(out, cfg, args, name, metrics, evaluator, class_names):
     return rows
 
 
+def face_sets(cfg, rank, world):
+    """`[(name, loader, pairs, set's config)]`: the test split with its pair list, then each FACE.VERIFICATION_SETS
+    entry (its manifest written under OUTPUT_DIR/verification/<set>/; rank 0 writes, the others wait)."""
+    loader = build_loader(cfg, False, rank, world)
+    sets = [(cfg.DATA.TEST_SPLIT, loader, split_pairs(cfg, loader.dataset.manifest), cfg)]
+    for path in cfg.FACE.VERIFICATION_SETS:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config key FACE.VERIFICATION_SETS: {path} not found")
+        name = os.path.basename(path) if path.endswith(".bin") else os.path.basename(os.path.dirname(os.path.abspath(path)))
+        folder = os.path.join(cfg.OUTPUT_DIR, "verification", name)
+        for turn in (0, 1):  # rank 0 writes the images and the manifest, then the others read them
+            if (rank == 0) == (turn == 0):
+                manifest, pairs, folds = verification_set(path, os.path.join(folder, "images"))
+                if rank == 0:
+                    manifest.save(os.path.join(folder, "pairs.json"))
+            distributed.barrier()
+        own = cfg.clone()
+        own.defrost()
+        own.DATA.MANIFEST_DIR, own.DATA.TEST_SPLIT, own.FACE.FOLDS = folder, "pairs", folds
+        own.freeze()
+        indices = pair_indices(pairs, [manifest.abspath(r) for r in manifest.samples])
+        sets.append((name, build_loader(own, False, rank, world), indices, own))
+    return sets
+
+
+def verification_table(results):
+    """One row per set: accuracy +- std, TPR at the lowest FPR it measures and at each FACE.FPRS, pairs."""
+    rates = [k for k in next(iter(results.values())) if k.startswith("tpr@fpr=")]
+    width = max(len("set"), *(len(n) for n in results))
+    lines = [f"{'set':<{width}}  {'accuracy':>14}  {'TPR@lowest FPR':>20}  " + "  ".join(f"{r[4:]:>14}" for r in rates)
+             + f"  {'pairs':>6}  {'missing':>7}"]
+    for name, m in results.items():
+        lowest = f"{m['tpr@lowest_fpr']:.2f} @ {m['lowest_fpr']:.1e}"
+        lines.append(f"{name:<{width}}  {m['accuracy']:>7.2f} ± {m['accuracy_std']:<4.2f}  {lowest:>20}  "
+                     + "  ".join(f"{m[r]:>14.2f}" for r in rates)
+                     + f"  {m['num_pairs']:>6}  {m['num_missing_pairs']:>7}")
+    return "\n".join(lines)
+
+
+def test_faces(cfg, args, name, model, device, rank, world):
+    results, curves = {}, {}
+    for set_name, loader, pairs, own in face_sets(cfg, rank, world):
+        metrics, scores, same = evaluate_pairs(model, loader, pairs, own, device, set_name, rank == 0)
+        results[set_name], curves[set_name] = metrics, (scores, same)
+    if rank == 0:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        with open(os.path.join(cfg.OUTPUT_DIR, "test_metrics.json"), "w") as f:
+            json.dump({"model": name, "checkpoint": os.path.abspath(args.checkpoint), "flip": cfg.FACE.FLIP,
+                       "crop_size": cfg.DATA.TEST_CROP_SIZE, "sets": results}, f, indent=2)
+        plot_roc(curves, os.path.join(cfg.OUTPUT_DIR, "roc.png"), f"{name}: verification")
+        print(f"\nverification ({name}, {args.checkpoint}):\n{verification_table(results)}")
+        print(f"\nwritten to {cfg.OUTPUT_DIR}: test_metrics.json, roc.png")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
@@ -101,6 +163,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     rank, world, device = distributed.init()
+    if cfg.TASK == "face":  # an embedding: no classes to check or to build for
+        model = build_from_config(cfg, name, 0, "TEST_CROP_SIZE")
+        report = load_checkpoint(model, args.checkpoint, cfg.MODEL.PARTIAL_LOAD)
+        if rank == 0:
+            log.info("%s from %s: %s", name, args.checkpoint, report)
+        return test_faces(cfg, args, name, model.to(device), device, rank, world)
     loader = build_loader(cfg, False, rank, world)
     class_names = loader.dataset.manifest.label_sets
     heads = {h: len(names) for h, names in class_names.items()}

@@ -17,7 +17,11 @@ from collections import defaultdict
 from dataclasses import replace
 
 from vidkd import safe_pickle
+from vidkd.data.manifest import Manifest, VideoRecord
 from vidkd.errors import AnnotationError
+
+PNG_SIGNATURE = b"\x89PNG"
+BIN_FOLDS = 10  # insightface's .bin sets are verified in 10 folds of consecutive pairs
 
 
 def read_verification_bin(path):
@@ -130,3 +134,36 @@ def read_pair_list(path, root):
             raise AnnotationError(path, line, f"expected image_a,image_b,0|1, got {','.join(row)!r}")
         pairs.append((os.path.join(root, row[0]), os.path.join(root, row[1]), row[2] == "1"))
     return pairs
+
+
+def image_manifest(paths, root, split):
+    """A manifest of `paths` (absolute image files), one unlabelled sample each, in order."""
+    samples = [VideoRecord(f"{i:06d}", p, {"label": 0}) for i, p in enumerate(paths)]
+    return Manifest("faces", split, os.path.abspath(root), {"label": ["face"]}, samples)
+
+
+def verification_set(path, out_dir):
+    """`(manifest, pairs, folds)` of a verification set: an insightface `.bin` (its images written once as files in
+    `out_dir`, image 2k and 2k + 1 a pair, 10 folds) or an LFW `pairs.txt` (its images under the folder holding it,
+    the folds of its header); `pairs` `[(image_a, image_b, same)]` as absolute paths of the manifest's images."""
+    if path.endswith(".bin"):
+        images, same = read_verification_bin(path)
+        os.makedirs(out_dir, exist_ok=True)
+        paths = []
+        for i, data in enumerate(images):
+            ext = "png" if data.startswith(PNG_SIGNATURE) else "jpg"
+            name = os.path.join(os.path.abspath(out_dir), f"{i:06d}.{ext}")
+            if not os.path.isfile(name) or os.path.getsize(name) != len(data):
+                with open(name, "wb") as f:
+                    f.write(data)
+            paths.append(name)
+        pairs = [(paths[2 * k], paths[2 * k + 1], s) for k, s in enumerate(same)]
+        return image_manifest(paths, out_dir, os.path.basename(path)), pairs, BIN_FOLDS
+    root = os.path.dirname(os.path.abspath(path))
+    pairs, folds = read_pairs(path, root)
+    paths = sorted({p for a, b, _ in pairs for p in (a, b)})
+    missing = next((p for p in paths if not os.path.isfile(p)), None)
+    if missing is not None:
+        raise AnnotationError(path, 0, f"image {missing} of its pairs not found (pairs.txt's images lie under the "
+                                       f"folder holding it: <name>/<name>_0001.jpg)")
+    return image_manifest(paths, root, os.path.basename(path)), pairs, folds
