@@ -99,7 +99,8 @@ def face_sets(cfg, rank, world):
     for path in cfg.FACE.VERIFICATION_SETS:
         if not os.path.isfile(path):
             raise ConfigError(f"config key FACE.VERIFICATION_SETS: {path} not found")
-        name = os.path.basename(path) if path.endswith(".bin") else os.path.basename(os.path.dirname(os.path.abspath(path)))
+        # a .bin by its file name; a pairs.txt by its folder's
+        name = os.path.basename(path if path.endswith(".bin") else os.path.dirname(os.path.abspath(path)))
         folder = os.path.join(cfg.OUTPUT_DIR, "verification", name)
         for turn in (0, 1):  # rank 0 writes the images and the manifest, then the others read them
             if (rank == 0) == (turn == 0):

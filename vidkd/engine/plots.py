@@ -3,8 +3,8 @@ from matplotlib.figure import Figure
 
 
 def plot_history(history, path, title=""):
-    """Loss terms per epoch, test top-1 (TASK face: verification accuracy), and per logged statistic (`stats/<name>/...`, values in [0, 1]) its
-    epoch mean and its last epoch's histogram."""
+    """Loss terms per epoch, test top-1 (TASK face: verification accuracy), and per logged statistic
+    (`stats/<name>/...`, values in [0, 1]) its epoch mean and its last epoch's histogram."""
     epochs = [r["epoch"] for r in history]
     stats = sorted({k.split("/")[1] for r in history for k in r if k.startswith("stats/")})
     fig = Figure(figsize=(5 * (2 + 2 * len(stats)), 4))

@@ -142,8 +142,9 @@ FAMILIES = {  # builders fn(crop_size)
     "iresnet_tiny": lambda crop_size: IResNet((1, 1, 1, 1), (8, 16, 32, 64), 64, crop_size),
     "mobilefacenet_tiny": lambda crop_size: MobileFaceNet(((2, 16, 1, 2), (2, 32, 1, 2), (2, 32, 1, 1),
                                                            (2, 32, 1, 2), (2, 32, 1, 1)), 16, 64, 64, crop_size),
-    "swin_face_tiny": lambda crop_size: TimmFace(hierarchical(
-        "swin_tiny_patch4_window7_224", "NHWC", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)), 64, crop_size),
+    "swin_face_tiny": lambda crop_size: TimmFace(hierarchical("swin_tiny_patch4_window7_224", "NHWC", embed_dim=16,
+                                                              depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)),
+                                                 64, crop_size),
     "vit_face_tiny": lambda crop_size: TimmFace(isotropic("deit_tiny_patch16_224", **{**MINI_VIT, "patch_size": 8}),
                                                 64, crop_size),
 }
