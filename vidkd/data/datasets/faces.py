@@ -17,6 +17,9 @@ from collections import defaultdict
 from dataclasses import replace
 
 from vidkd import safe_pickle
+from vidkd.data.datasets.csv_rows import write_manifests
+from vidkd.data.datasets.images import parse_image_folder
+from vidkd.data.decoders import IMAGE_EXTENSIONS
 from vidkd.data.manifest import Manifest, VideoRecord
 from vidkd.errors import AnnotationError
 
@@ -28,8 +31,9 @@ def read_verification_bin(path):
     """`(images, same)`: the encoded images (bytes, two per pair) and one bool per pair of an insightface `.bin`."""
     data = safe_pickle.load(path, encoding="bytes")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
+        size = f" of {len(data)}" if isinstance(data, (tuple, list)) else ""
         raise AnnotationError(path, 0, f"a verification .bin holds (images, issame_list); this one holds a "
-                                       f"{type(data).__name__}{f' of {len(data)}' if isinstance(data, (tuple, list)) else ''}")
+                                       f"{type(data).__name__}{size}")
     images, same = data
     for what, items, kinds in (("images", images, (bytes, bytearray)), ("issame_list", same, (bool,))):
         if not isinstance(items, (list, tuple)):
@@ -134,6 +138,17 @@ def read_pair_list(path, root):
             raise AnnotationError(path, line, f"expected image_a,image_b,0|1, got {','.join(row)!r}")
         pairs.append((os.path.join(root, row[0]), os.path.join(root, row[1]), row[2] == "1"))
     return pairs
+
+
+def prepare_identity_folders(root, out, holdout, min_images, seed, extensions=IMAGE_EXTENSIONS):
+    """`split_identities` of the identity folders under `root` and `identity_pairs` of the held-out ones, written to
+    `out` (train.json, test.json, pairs.csv); returns `(train, held, few, pairs)`."""
+    manifest = parse_image_folder(root, "faces", "train", extensions=extensions)
+    train, held, few = split_identities(manifest, holdout, min_images, seed)
+    write_manifests(out, [train, held])
+    pairs = identity_pairs(held, seed)
+    write_pair_list(os.path.join(out, "pairs.csv"), pairs)
+    return train, held, few, pairs
 
 
 def image_manifest(paths, root, split):
