@@ -10,7 +10,7 @@ from conftest import face_config, records
 from vidkd.config import load_config
 from vidkd.distill.build import build_distiller
 from vidkd.distill.cafd import FACE_TEMPLATE, URFM, FixedRegions, face_distances, on_common_grid
-from vidkd.engine.trainer import Trainer
+from vidkd.engine.trainer import PRECISIONS, Trainer, cast_for_training
 from vidkd.errors import ConfigError
 from vidkd.models import REGISTRIES
 
@@ -195,7 +195,7 @@ def test_the_ablation_switches_remove_what_they_name():
     assert [p.shape for p in cafd(**{"DISTILL.CAFD_PROMPTS": 5}).apt.prompts] == [(5, c) for c in (16, 32, 64, 128)]
 
 
-def test_the_teacher_output_cache_is_refused_while_the_prompts_train():
+def test_the_cache_is_refused_while_the_prompts_train_and_bad_settings_name_their_keys():
     with pytest.raises(ConfigError, match="DISTILL.CACHE"):
         cafd(**{"DISTILL.CACHE": "auto"})
     with pytest.raises(ConfigError, match="DISTILL.CACHE"):
@@ -203,6 +203,21 @@ def test_the_teacher_output_cache_is_refused_while_the_prompts_train():
     cafd(**{"DISTILL.CACHE": "auto", "DISTILL.CAFD_APT": False})  # the plain teacher's map can be cached
     with pytest.raises(ConfigError, match="DISTILL.CAFD_QUERIES"):
         cafd(**{"DISTILL.CAFD_QUERIES": 50})
+    with pytest.raises(ConfigError, match="DISTILL.CAFD_APT"):  # a CNN teacher has nothing to prompt
+        cafd("iresnet_tiny")
+    assert cafd("iresnet_tiny", **{"DISTILL.CAFD_APT": False}).apt is None
+
+
+@pytest.mark.parametrize("teacher", ["swin_face_tiny", "vit_face_tiny"])
+def test_cafd_steps_in_bf16_with_fp32_losses_and_an_fp32_teacher(teacher):
+    """What DeepSpeed trains (student, URFMs, MSA, prompts, margin heads) in bf16; the teacher outside, in fp32."""
+    distiller = cast_for_training(cafd(teacher), PRECISIONS["bf16"]).train()
+    assert {p.dtype for p in distiller.parameters()} == {torch.bfloat16}
+    _, losses = distiller(face_batch())
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in distiller.parameters())
+    assert all(p.dtype == torch.float32 and p.grad is None for p in distiller.teachers[0].parameters())
 
 
 def test_cafd_trains_a_face_student_through_the_trainer_with_its_loss_falling(face_data, tmp_path):

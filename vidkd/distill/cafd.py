@@ -149,15 +149,15 @@ class APT(nn.Module):
         super().__init__()
         self.active = False
         layouts, names = teacher.layouts(), teacher.stage_names
-        if all(layout == "tokens" for layout in layouts):
-            widths = [teacher.get_submodule(n).norm1.normalized_shape[0] for n in names]
-            self._hooks = self._hook_tokens(teacher, names)
+        stages = [teacher.get_submodule(n) for n in names]
+        if all(layout == "tokens" and hasattr(s, "attn") for layout, s in zip(layouts, stages)):  # ViT blocks
+            widths = [s.norm1.normalized_shape[0] for s in stages]
+            self._hook_tokens(teacher, names)
         else:
-            stages = [teacher.get_submodule(n) for n in names]
             if not all(hasattr(s, "blocks") and all(isinstance(b.attn, WindowAttention) for b in s.blocks)
                        for s in stages):
-                raise ConfigError(f"DISTILL.CAFD_APT: the teacher's stages are {layouts}, not a timm Swin's or a "
-                                  "ViT's tokens: APT prompts transformer teachers (set DISTILL.CAFD_APT False)")
+                raise ConfigError(f"DISTILL.CAFD_APT: the teacher's stages are {layouts}, neither a timm Swin's "
+                                  "nor ViT blocks: APT prompts transformer teachers (or set DISTILL.CAFD_APT False)")
             widths = [s.blocks[0].attn.qkv.in_features for s in stages]
             for i, stage in enumerate(stages):
                 for block in stage.blocks:
@@ -182,11 +182,9 @@ class APT(nn.Module):
                 return output[:, len(self.prompts[i]):] if self.active else None
             return hook
 
-        hooks = []
         for i, (s, e) in enumerate(zip(starts, ends)):
-            hooks.append(teacher.get_submodule(f"{prefix}.{s}").register_forward_pre_hook(prepend(i)))
-            hooks.append(teacher.get_submodule(f"{prefix}.{e}").register_forward_hook(drop(i), prepend=True))
-        return hooks
+            teacher.get_submodule(f"{prefix}.{s}").register_forward_pre_hook(prepend(i))
+            teacher.get_submodule(f"{prefix}.{e}").register_forward_hook(drop(i), prepend=True)  # before the taps'
 
     def _patch(self, block, i):
         attn = block.attn
