@@ -220,6 +220,22 @@ _C.DISTILL.FBT_OFA = True
 _C.DISTILL.FBT_L2G_BLOCK = True
 _C.DISTILL.FBT_DIM = 256
 _C.DISTILL.FBT_TEMPERATURE = 0.07
+# CAFD (METHODS.md 5): URFM's local centres L (a square), distance buckets and gamma (weight of the face-landmark
+# distance; 0: no face positional term), the common width d of h_T and h_S, MSA heads over the L local features.
+_C.DISTILL.CAFD_QUERIES = 49
+_C.DISTILL.CAFD_BUCKETS = 32
+_C.DISTILL.CAFD_GAMMA = 1.0
+_C.DISTILL.CAFD_DIM = 128
+_C.DISTILL.CAFD_HEADS = 4
+# CAFD: URFM on (off: fixed regions, no attention term), APT on with t prompts per teacher stage (off: no prompts).
+_C.DISTILL.CAFD_URFM = True
+_C.DISTILL.CAFD_APT = True
+_C.DISTILL.CAFD_PROMPTS = 10
+# CAFD: lambda_1 (MSE of the URFM attention maps), lambda_2 (MSE of MSA(h)), weight of L_FR^T (the prompted teacher's
+# margin loss, which keeps it a face model).
+_C.DISTILL.CAFD_ATTN_WEIGHT = 1.0
+_C.DISTILL.CAFD_FEATURE_WEIGHT = 1.0
+_C.DISTILL.CAFD_TEACHER_FR_WEIGHT = 1.0
 # DATW teacher weights: adaptive | fixed (0.5 / 0.5) | vit_only | cnn_only.
 _C.DISTILL.DATW_MODE = "adaptive"
 # DATW confidence c_k: true_class (softmax(z_k)[y] on the training clip) | max_prob | neg_entropy |
@@ -353,7 +369,8 @@ RULES = {
     "SOLVER.MOMENTUM": Range(0, 1),
     "DEEPSPEED.ZERO_STAGE": OneOf(0, 1, 2),
     "DEEPSPEED.PRECISION": OneOf("fp32", "bf16", "fp16"),
-    "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "pat", "fbt", "dual_teacher"),
+    "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "pat", "fbt", "dual_teacher",
+                            "cafd"),
     "DISTILL.TEACHER_INDEX": OneOf(0, 1),
     "DISTILL.CE_WEIGHT": Range(0),
     "DISTILL.TEMPERATURE": Range(0, above=True),
@@ -382,6 +399,17 @@ RULES = {
     "DISTILL.FBT_L2G_BLOCK": ANY,
     "DISTILL.FBT_DIM": Range(1, 65536),
     "DISTILL.FBT_TEMPERATURE": Range(0, above=True),
+    "DISTILL.CAFD_QUERIES": Range(1, 4096),
+    "DISTILL.CAFD_BUCKETS": Range(1, 4096),
+    "DISTILL.CAFD_GAMMA": Range(0),
+    "DISTILL.CAFD_DIM": Range(1, 65536),
+    "DISTILL.CAFD_HEADS": Range(1, 1024),
+    "DISTILL.CAFD_URFM": ANY,
+    "DISTILL.CAFD_APT": ANY,
+    "DISTILL.CAFD_PROMPTS": Range(1, 4096),
+    "DISTILL.CAFD_ATTN_WEIGHT": Range(0),
+    "DISTILL.CAFD_FEATURE_WEIGHT": Range(0),
+    "DISTILL.CAFD_TEACHER_FR_WEIGHT": Range(0),
     "DISTILL.DATW_MODE": OneOf("adaptive", "fixed", "vit_only", "cnn_only"),
     "DISTILL.DATW_CONFIDENCE": OneOf("true_class", "max_prob", "neg_entropy", "heldout_class"),
     "DISTILL.DATW_CALIBRATE": ANY,

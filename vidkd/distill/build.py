@@ -1,4 +1,5 @@
 """Distillation methods by name (DISTILL.METHOD), each given the teachers it needs."""
+from vidkd.distill.cafd import CAFD
 from vidkd.distill.ce import CE
 from vidkd.distill.crd import CRD
 from vidkd.distill.dkd import DKD
@@ -12,7 +13,8 @@ from vidkd.distill.rkd import RKD
 from vidkd.errors import ConfigError
 
 METHODS = {"ce": CE, "kd": KD, "dkd": DKD, "fitnet": FitNet, "rkd": RKD, "ofa": OFA, "crd": CRD,
-           "pat": PAT, "fbt": FBT, "dual_teacher": DualTeacher}
+           "pat": PAT, "fbt": FBT, "dual_teacher": DualTeacher,
+           "cafd": CAFD}
 
 
 def methods_for(task):
