@@ -60,13 +60,14 @@ def run_all(tmp_path, runs, ranks):
                      timeout=3 * TIMEOUT))
 
 
-def check_runs(tmp_path, names, dtype):
+def check_runs(tmp_path, names, dtype, metric="test/top1"):
+    """`metric`: the test metric in [0, 100] (TASK face: test/accuracy, the verification's)."""
     for name in names:
         a, b = tmp_path / f"{name}_a", tmp_path / f"{name}_b"
         history = records(a)
         assert [r["epoch"] for r in history] == [1, 2] and history[-1]["skipped_steps"] == 0, name
         assert all(math.isfinite(v) for k, v in history[-1].items() if k.startswith("loss/")), name
-        assert 0 <= history[-1]["test/top1"] <= 100
+        assert 0 <= history[-1][metric] <= 100
         # The checkpoint holds what DeepSpeed trained, in the training precision: the student and the
         # training-only heads, no teacher.
         module = read_state_dict(str(a / "checkpoints"))  # its latest: epoch_0002
@@ -115,6 +116,17 @@ def test_image_methods_train_in_bf16_on_2_ranks_checkpoint_and_resume_exactly(da
     check_runs(tmp_path, names, torch.bfloat16)
     logged = {k for n in names for k in records(tmp_path / f"{n}_a")[-1]}
     assert {"loss/crd", "loss/ofa_exits", "loss/sdd_aux", "loss/infonce", "test/fusion/top1"} <= logged
+
+
+def test_face_iled_rpsd_trains_in_bf16_on_2_ranks_checkpoints_and_resumes_exactly(face_data, tmp_path):
+    """TASK face on the tiny face set, in bf16 on 2 ranks with ZeRO-2: ILED + RPSD, whose memory banks (a pair per
+    rank, 3 batches deep, so they wrap within the run) are method state, straight, stopped and resumed, as above."""
+    extra = {"TASK": "face", "DEEPSPEED": {"PRECISION": "bf16", "ZERO_STAGE": 2},
+             "MODEL": {"STUDENT": "iresnet_tiny", "TEACHERS": ["swin_face_tiny"], "TEACHER_CHECKPOINTS": [""]}}
+    run_all(tmp_path, plan(tmp_path, face_data, extra, ["iled_rpsd"]), 2)
+    check_runs(tmp_path, ["iled_rpsd"], torch.bfloat16, "test/accuracy")
+    last = records(tmp_path / "iled_rpsd_a")[-1]
+    assert last["loss/iled"] > 0 and last["loss/rpsd"] > 0
 
 
 # ----------------------------------------------------------------------------------------------- units
