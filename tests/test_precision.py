@@ -19,6 +19,7 @@ from vidkd.distill.build import build_distiller, methods_for, teachers_needed
 from vidkd.engine.ema import EMA
 from vidkd.engine.trainer import PRECISIONS, cast_for_training
 from vidkd.models import build_image_model, build_model
+from vidkd.models.base import build_face_model
 from vidkd.models.checkpoint import read_state_dict
 
 # The student is a plain 3D CNN: X3D's average pool has no bf16 kernel on the CPU (it has on GPUs).
@@ -137,7 +138,9 @@ def config(method, *overrides):
 
 def models_of(task):
     """(teachers, student, one input's shape): video, a tiny ViT and 3D CNN teaching a 3D CNN; image, a DeiT and a
-    ResNet teaching a DeiT (OFA's token exits)."""
+    ResNet teaching a DeiT (OFA's token exits); face, a Swin teaching an IResNet (64-d embeddings)."""
+    if task == "face":
+        return [build_face_model("swin_face_tiny", 32)], build_face_model("iresnet_tiny", 32), (3, 32, 32)
     if task == "video":
         return ([build_model("videomae_vit_ti", 4, 4, 32, depth=2), build_model("c3d_small", 4, 4, 32)],
                 build_model("c3d_tiny", 4, 4, 32), (3, 4, 32, 32))
@@ -146,11 +149,13 @@ def models_of(task):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-@pytest.mark.parametrize("method, task", [(m, t) for t in ("video", "image") for m in methods_for(t)])
+@pytest.mark.parametrize("method, task", [(m, t) for t in ("video", "image", "face") for m in methods_for(t)])
 def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(method, precision, task):
     """What DeepSpeed trains, cast as it casts it; the teachers outside, in fp32, fed the fp32 input."""
-    cfg = config(method, "TASK", task, "MODEL.TEACHERS", "[deit_mini, resnet_mini]") if task == "image" else config(
-        method)
+    models = {"image": ["MODEL.TEACHERS", "[deit_mini, resnet_mini]"], "video": [],
+              "face": ["MODEL.STUDENT", "iresnet_tiny", "MODEL.TEACHERS", "[swin_face_tiny]",
+                       "MODEL.TEACHER_CHECKPOINTS", "['']"]}[task]
+    cfg = config(method, "TASK", task, *models)
     torch.manual_seed(0)
     teachers, student, shape = models_of(task)
     distiller = build_distiller(cfg, student, [teachers[i] for i in teachers_needed(cfg)], {"label": 4})

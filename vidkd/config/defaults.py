@@ -184,7 +184,7 @@ _C.DISTILL.CE_WEIGHT = 1.0
 _C.DISTILL.TEMPERATURE = 4.0
 # Weight of the logit loss: KD / DKD / OFA / DATW (alpha in METHODS.md 2.3).
 _C.DISTILL.LOGIT_WEIGHT = 1.0
-# Weight of the feature loss: FitNet / CRD / SDD (beta in METHODS.md 2.3).
+# Weight of the feature loss: FitNet / CRD / SDD (beta in METHODS.md 2.3) / embedding (w, TASK face).
 _C.DISTILL.FEATURE_WEIGHT = 1.0
 # Weight gamma of RKD on pooled embeddings: of the rkd method (which needs it above 0) and of the dual teacher
 # (0 = off).
