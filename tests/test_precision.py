@@ -19,6 +19,7 @@ from vidkd.distill.build import build_distiller, methods_for, teachers_needed
 from vidkd.engine.ema import EMA
 from vidkd.engine.trainer import PRECISIONS, cast_for_training
 from vidkd.models import build_image_model, build_model
+from vidkd.models.base import build_face_model
 from vidkd.models.checkpoint import read_state_dict
 
 # The student is a plain 3D CNN: X3D's average pool has no bf16 kernel on the CPU (it has on GPUs).
@@ -60,13 +61,14 @@ def run_all(tmp_path, runs, ranks):
                      timeout=3 * TIMEOUT))
 
 
-def check_runs(tmp_path, names, dtype):
+def check_runs(tmp_path, names, dtype, metric="test/top1"):
+    """`metric`: the test metric in [0, 100] (TASK face: test/accuracy, the verification's)."""
     for name in names:
         a, b = tmp_path / f"{name}_a", tmp_path / f"{name}_b"
         history = records(a)
         assert [r["epoch"] for r in history] == [1, 2] and history[-1]["skipped_steps"] == 0, name
         assert all(math.isfinite(v) for k, v in history[-1].items() if k.startswith("loss/")), name
-        assert 0 <= history[-1]["test/top1"] <= 100
+        assert 0 <= history[-1][metric] <= 100
         # The checkpoint holds what DeepSpeed trained, in the training precision: the student and the
         # training-only heads, no teacher.
         module = read_state_dict(str(a / "checkpoints"))  # its latest: epoch_0002
@@ -117,6 +119,17 @@ def test_image_methods_train_in_bf16_on_2_ranks_checkpoint_and_resume_exactly(da
     assert {"loss/crd", "loss/ofa_exits", "loss/sdd_aux", "loss/infonce", "test/fusion/top1"} <= logged
 
 
+def test_face_iled_rpsd_trains_in_bf16_on_2_ranks_checkpoints_and_resumes_exactly(face_data, tmp_path):
+    """TASK face on the tiny face set, in bf16 on 2 ranks with ZeRO-2: ILED + RPSD, whose memory banks (a pair per
+    rank, 3 batches deep, so they wrap within the run) are method state, straight, stopped and resumed, as above."""
+    extra = {"TASK": "face", "DEEPSPEED": {"PRECISION": "bf16", "ZERO_STAGE": 2},
+             "MODEL": {"STUDENT": "iresnet_tiny", "TEACHERS": ["swin_face_tiny"], "TEACHER_CHECKPOINTS": [""]}}
+    run_all(tmp_path, plan(tmp_path, face_data, extra, ["iled_rpsd"]), 2)
+    check_runs(tmp_path, ["iled_rpsd"], torch.bfloat16, "test/accuracy")
+    last = records(tmp_path / "iled_rpsd_a")[-1]
+    assert last["loss/iled"] > 0 and last["loss/rpsd"] > 0
+
+
 # ----------------------------------------------------------------------------------------------- units
 def config(method, *overrides):
     return load_config(None, ["DISTILL.METHOD", method, "DATA.NUM_FRAMES", "4", "DATA.TRAIN_CROP_SIZE", "32",
@@ -125,7 +138,9 @@ def config(method, *overrides):
 
 def models_of(task):
     """(teachers, student, one input's shape): video, a tiny ViT and 3D CNN teaching a 3D CNN; image, a DeiT and a
-    ResNet teaching a DeiT (OFA's token exits)."""
+    ResNet teaching a DeiT (OFA's token exits); face, a Swin teaching an IResNet (64-d embeddings)."""
+    if task == "face":
+        return [build_face_model("swin_face_tiny", 32)], build_face_model("iresnet_tiny", 32), (3, 32, 32)
     if task == "video":
         return ([build_model("videomae_vit_ti", 4, 4, 32, depth=2), build_model("c3d_small", 4, 4, 32)],
                 build_model("c3d_tiny", 4, 4, 32), (3, 4, 32, 32))
@@ -134,11 +149,13 @@ def models_of(task):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-@pytest.mark.parametrize("method, task", [(m, t) for t in ("video", "image") for m in methods_for(t)])
+@pytest.mark.parametrize("method, task", [(m, t) for t in ("video", "image", "face") for m in methods_for(t)])
 def test_every_method_steps_in_reduced_precision_with_fp32_losses_and_teachers(method, precision, task):
     """What DeepSpeed trains, cast as it casts it; the teachers outside, in fp32, fed the fp32 input."""
-    cfg = config(method, "TASK", task, "MODEL.TEACHERS", "[deit_mini, resnet_mini]") if task == "image" else config(
-        method)
+    models = {"image": ["MODEL.TEACHERS", "[deit_mini, resnet_mini]"], "video": [],
+              "face": ["MODEL.STUDENT", "iresnet_tiny", "MODEL.TEACHERS", "[swin_face_tiny]",
+                       "MODEL.TEACHER_CHECKPOINTS", "['']"]}[task]
+    cfg = config(method, "TASK", task, *models)
     torch.manual_seed(0)
     teachers, student, shape = models_of(task)
     distiller = build_distiller(cfg, student, [teachers[i] for i in teachers_needed(cfg)], {"label": 4})

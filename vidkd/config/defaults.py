@@ -173,7 +173,8 @@ _C.DEEPSPEED.PRECISION = "bf16"
 
 # ----------------------------------------------------------------------------- distillation
 _C.DISTILL = CfgNode()
-# ce (student alone, or a teacher fine-tuned) | kd | dkd | fitnet | rkd | ofa | crd | pat | dual_teacher.
+# ce (student alone, or a teacher fine-tuned) | kd | dkd | fitnet | rkd | ofa | crd | pat | fbt | dual_teacher |
+# cafd | iled_rpsd | embedding (TASK face; ce, fitnet and rkd train face models too).
 _C.DISTILL.METHOD = "dual_teacher"
 # Single-teacher methods: which of MODEL.TEACHERS teaches (0 = the ViT, 1 = the 3D CNN).
 _C.DISTILL.TEACHER_INDEX = 0
@@ -183,7 +184,7 @@ _C.DISTILL.CE_WEIGHT = 1.0
 _C.DISTILL.TEMPERATURE = 4.0
 # Weight of the logit loss: KD / DKD / OFA / DATW (alpha in METHODS.md 2.3).
 _C.DISTILL.LOGIT_WEIGHT = 1.0
-# Weight of the feature loss: FitNet / CRD / SDD (beta in METHODS.md 2.3).
+# Weight of the feature loss: FitNet / CRD / SDD (beta in METHODS.md 2.3) / embedding (w, TASK face).
 _C.DISTILL.FEATURE_WEIGHT = 1.0
 # Weight gamma of RKD on pooled embeddings: of the rkd method (which needs it above 0) and of the dual teacher
 # (0 = off).
@@ -236,6 +237,15 @@ _C.DISTILL.CAFD_PROMPTS = 10
 _C.DISTILL.CAFD_ATTN_WEIGHT = 1.0
 _C.DISTILL.CAFD_FEATURE_WEIGHT = 1.0
 _C.DISTILL.CAFD_TEACHER_FR_WEIGHT = 1.0
+# ILED + RPSD (METHODS.md 6) and the embedding baselines (TASK face).
+# ILED + RPSD: weight lambda_ILED of the instance-level embedding loss (0 = off: RPSD only).
+_C.DISTILL.ILED_WEIGHT = 1.0
+# ILED + RPSD: weight lambda_RPSD of the pairwise similarity loss against the memory banks (0 = off: ILED only).
+_C.DISTILL.RPSD_WEIGHT = 40.0
+# ILED + RPSD: the memory banks hold this many batches of past embeddings (ILED_RPSD_BANK x TRAIN.BATCH_SIZE).
+_C.DISTILL.ILED_RPSD_BANK = 3
+# embedding: the loss between the student's and the teacher's embedding, weighted by FEATURE_WEIGHT: mse | cosine.
+_C.DISTILL.EMBED_LOSS = "mse"
 # DATW teacher weights: adaptive | fixed (0.5 / 0.5) | vit_only | cnn_only.
 _C.DISTILL.DATW_MODE = "adaptive"
 # DATW confidence c_k: true_class (softmax(z_k)[y] on the training clip) | max_prob | neg_entropy |
@@ -370,7 +380,7 @@ RULES = {
     "DEEPSPEED.ZERO_STAGE": OneOf(0, 1, 2),
     "DEEPSPEED.PRECISION": OneOf("fp32", "bf16", "fp16"),
     "DISTILL.METHOD": OneOf("ce", "kd", "dkd", "fitnet", "rkd", "ofa", "crd", "pat", "fbt", "dual_teacher",
-                            "cafd"),
+                            "cafd", "iled_rpsd", "embedding"),
     "DISTILL.TEACHER_INDEX": OneOf(0, 1),
     "DISTILL.CE_WEIGHT": Range(0),
     "DISTILL.TEMPERATURE": Range(0, above=True),
@@ -410,6 +420,10 @@ RULES = {
     "DISTILL.CAFD_ATTN_WEIGHT": Range(0),
     "DISTILL.CAFD_FEATURE_WEIGHT": Range(0),
     "DISTILL.CAFD_TEACHER_FR_WEIGHT": Range(0),
+    "DISTILL.ILED_WEIGHT": Range(0),
+    "DISTILL.RPSD_WEIGHT": Range(0),
+    "DISTILL.ILED_RPSD_BANK": Range(1, 1024),
+    "DISTILL.EMBED_LOSS": OneOf("mse", "cosine"),
     "DISTILL.DATW_MODE": OneOf("adaptive", "fixed", "vit_only", "cnn_only"),
     "DISTILL.DATW_CONFIDENCE": OneOf("true_class", "max_prob", "neg_entropy", "heldout_class"),
     "DISTILL.DATW_CALIBRATE": ANY,
@@ -457,6 +471,10 @@ RELATIONS = [
              "the warm-up must end within the run: SOLVER.WARMUP_EPOCHS <= TRAIN.EPOCHS"),
     Relation(("DISTILL.RKD_WEIGHT", "DISTILL.METHOD"), lambda weight, method: method != "rkd" or weight > 0,
              "the rkd method needs DISTILL.RKD_WEIGHT above 0 (e.g. 1.0): at 0 it would train with CE alone"),
+    Relation(("DISTILL.ILED_WEIGHT", "DISTILL.RPSD_WEIGHT", "DISTILL.METHOD"),
+             lambda iled, rpsd, method: method != "iled_rpsd" or iled + rpsd > 0,
+             "the iled_rpsd method needs DISTILL.ILED_WEIGHT or DISTILL.RPSD_WEIGHT above 0: with both 0 it would "
+             "train with the margin loss alone (DISTILL.METHOD ce)"),
     Relation(("DATA.CALIBRATION_SPLIT", "DISTILL.DATW_CONFIDENCE", "DISTILL.DATW_CALIBRATE"),
              lambda split, confidence, calibrate: bool(split) or not (confidence == "heldout_class" or calibrate),
              "DISTILL.DATW_CONFIDENCE heldout_class and DISTILL.DATW_CALIBRATE are estimated on videos the teachers "

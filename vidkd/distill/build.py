@@ -4,8 +4,10 @@ from vidkd.distill.ce import CE
 from vidkd.distill.crd import CRD
 from vidkd.distill.dkd import DKD
 from vidkd.distill.dual_teacher import DualTeacher
+from vidkd.distill.embedding import Embedding
 from vidkd.distill.fbt import FBT
 from vidkd.distill.fitnet import FitNet
+from vidkd.distill.iled_rpsd import ILEDRPSD
 from vidkd.distill.kd import KD
 from vidkd.distill.ofa import OFA
 from vidkd.distill.pat import PAT
@@ -13,8 +15,8 @@ from vidkd.distill.rkd import RKD
 from vidkd.errors import ConfigError
 
 METHODS = {"ce": CE, "kd": KD, "dkd": DKD, "fitnet": FitNet, "rkd": RKD, "ofa": OFA, "crd": CRD,
-           "pat": PAT, "fbt": FBT, "dual_teacher": DualTeacher,
-           "cafd": CAFD}
+           "pat": PAT, "fbt": FBT, "dual_teacher": DualTeacher, "cafd": CAFD, "iled_rpsd": ILEDRPSD,
+           "embedding": Embedding}
 
 
 def methods_for(task):
