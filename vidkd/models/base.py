@@ -84,7 +84,8 @@ def config_kwargs(cfg, name):
 def build_from_config(cfg, name, num_classes, crop_key="TRAIN_CROP_SIZE"):
     """`name`, a model of the config's TASK, built for its input (DATA.NUM_FRAMES x DATA.<crop_key> for a
     clip, DATA.<crop_key> for an image; a face model ignores `num_classes`), refused by the keys if it cannot be
-    built for that input or cannot take it (a crop its pooling shrinks to nothing, too few frames for its temporal stride)."""
+    built for that input or cannot take it (a crop its pooling shrinks to nothing, too few frames for its temporal
+    stride)."""
     crop = cfg.DATA[crop_key]
     with input_refused(cfg, name, crop_key):
         if cfg.TASK == "video":
