@@ -185,7 +185,7 @@ def rule_values(rule, default):
     if isinstance(rule, OneOf):
         return st.sampled_from([*rule.choices, "other", -1])
     if isinstance(rule, List):
-        return st.lists(rule_values(rule.each, default[0]), max_size=4)
+        return st.lists(rule_values(rule.each, default[0] if default else None), max_size=4)  # [] (FACE.*)
     if isinstance(rule, (Text, OutputDir)):
         return st.sampled_from(["", " ", "a\0b", "out/run", __file__, f"{__file__}/run"]) | st.text(max_size=6)
     return st.booleans()
