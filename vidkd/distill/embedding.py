@@ -26,7 +26,7 @@ class Embedding(Distiller):
 
     def __init__(self, student, teachers, heads, cfg):
         super().__init__(student, teachers, heads, cfg)
-        matching_widths(student, self.teachers[0], cfg, "embedding")
+        matching_widths(self.margin.weight.shape[1], self.teachers[0], cfg, "embedding")
 
     def teacher_targets(self, video):
         return {"embedding": self.run_teacher(0, video)[2]}

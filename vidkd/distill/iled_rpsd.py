@@ -31,11 +31,11 @@ from vidkd.models.taps import probe
 from vidkd.tasks import input_size
 
 
-def matching_widths(student, teacher, cfg, method):
-    """The embedding width D shared by the student and the teacher of DISTILL.TEACHER_INDEX, or a ConfigError naming
-    MODEL.STUDENT and MODEL.TEACHERS when they differ (`method` compares the two embeddings directly)."""
-    size = input_size(cfg)
-    d_s, d_t = probe(student, size)["embed_dim"], probe(teacher, size)["embed_dim"]
+def matching_widths(d_s, teacher, cfg, method):
+    """The embedding width D shared by the student (`d_s`, as its margin head takes it: probed once, by the base) and
+    the teacher of DISTILL.TEACHER_INDEX, or a ConfigError naming MODEL.STUDENT and MODEL.TEACHERS when they differ
+    (`method` compares the two embeddings directly)."""
+    d_t = probe(teacher, input_size(cfg))["embed_dim"]
     if d_s != d_t:
         k = cfg.DISTILL.TEACHER_INDEX
         raise ConfigError(f"config keys MODEL.STUDENT and MODEL.TEACHERS: DISTILL.METHOD {method} compares the "
@@ -50,7 +50,7 @@ class ILEDRPSD(Distiller):
 
     def __init__(self, student, teachers, heads, cfg):
         super().__init__(student, teachers, heads, cfg)
-        dim = matching_widths(student, self.teachers[0], cfg, "iled_rpsd")
+        dim = matching_widths(self.margin.weight.shape[1], self.teachers[0], cfg, "iled_rpsd")
         size = cfg.DISTILL.ILED_RPSD_BANK * cfg.TRAIN.BATCH_SIZE
         # {"student": M_s, "teacher": M_t}; moved to the embeddings' device at the first step
         self.banks = {k: FifoBank(size, dim) for k in ("student", "teacher")} if cfg.DISTILL.RPSD_WEIGHT > 0 else {}
